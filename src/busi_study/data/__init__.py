@@ -1,0 +1,1 @@
+"""Data layer: acquire → manifest (validate, reference check) → groups → splits; demo data."""

@@ -1,0 +1,175 @@
+"""The whole data path in one call: acquire → scan/validate → reference check → hashes →
+near-duplicate groups → splits, each written to ``data/processed/<dataset>/``.
+
+``notebooks/00_download.ipynb`` calls :func:`prepare_data` and shows its tables; the CLI's
+``check-data`` and the tests call it too, so there is one code path.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ..info import BUSI, CLASSES
+from . import acquire as acq
+from .demo import demo_expected_counts
+from .duplicates import candidate_pairs, compute_hashes, distance_histogram, group_images, label_conflicts
+from .manifest import count_check, scan_dataset, write_csv
+from .reference import check_against_reference, summarise_reference_check
+from .splits import check_split_invariants, make_splits, split_table
+from .store import ProcessedData, sha256_of, write_json
+
+
+@dataclass
+class PreparedData:
+    """Everything the data path produced (also on disk under ``store.folder``)."""
+
+    acquired: acq.AcquiredData
+    store: ProcessedData
+    summary: dict
+    manifest: pd.DataFrame
+    issues: pd.DataFrame
+    reference_check: pd.DataFrame | None
+    pairs: pd.DataFrame
+    groups: pd.DataFrame
+    conflicts: pd.DataFrame
+    splits: pd.DataFrame
+    split_table: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+
+
+def prepare_data(
+    data_source: str,
+    data_dir: Path,
+    *,
+    phash_threshold: int = 10,
+    dhash_threshold: int = 8,
+    hash_margin: int = 6,
+    ssim_min: float | None = None,
+    seed: int = 42,
+    n_splits: int = 5,
+    val_fraction: float = 0.125,
+    repeats: int = 1,
+    demo_seed: int = 0,
+    progress: bool = True,
+) -> PreparedData:
+    """Run the data path and write every file; return the tables and the summary.
+
+    data_source: ``kaggle``, ``demo``, or a folder / ``.zip`` path. data_dir: the project's
+    ``data/`` folder (raw files are linked or unpacked under ``data/raw``, results go to
+    ``data/processed/<busi|demo>/``).
+    """
+    acquired = acq.acquire(data_source, Path(data_dir), demo_seed=demo_seed)
+    store = ProcessedData(Path(data_dir) / "processed" / acquired.dataset)
+    store.folder.mkdir(parents=True, exist_ok=True)
+    write_json({"root": str(acquired.root.resolve()), "source": acquired.source, "how": acquired.how}, store.source)
+
+    scan = scan_dataset(acquired.root, progress=progress)
+    write_csv(scan.files, store.files)
+    manifest_sha = write_csv(scan.manifest, store.manifest)
+    write_csv(scan.issues, store.issues)
+    n_masks = int(scan.manifest["n_masks"].sum()) if len(scan.manifest) else 0
+
+    warnings: list[str] = []
+    if acquired.dataset == "busi":
+        expected = {"images": BUSI["expected_images"], "masks": BUSI["expected_mask_total"]}
+        ref_check = check_against_reference(scan.files)
+        write_csv(ref_check, store.reference_check)
+        ref_summary = summarise_reference_check(ref_check)
+        if not ref_summary["all_match"]:
+            c = ref_summary["counts"]
+            warnings.append(
+                "data differ from the BUSI reference: "
+                + ", ".join(f"{sum(c[o].values())} {o}" for o in ("different", "missing", "unexpected") if sum(c[o].values()))
+            )
+    else:
+        expected = demo_expected_counts()
+        ref_check, ref_summary = None, None
+        store.reference_check.unlink(missing_ok=True)
+    count_problems = count_check(scan.manifest, n_masks, expected)
+    if count_problems:
+        warnings.append("unexpected counts: " + "; ".join(count_problems))
+    if len(scan.issues):
+        warnings.append(f"{len(scan.issues)} file problem(s) found and skipped (see validation_issues.csv)")
+
+    hashes, thumbs = compute_hashes(scan.manifest, acquired.root, progress=progress)
+    write_csv(hashes, store.hashes)
+    write_csv(distance_histogram(hashes), store.hash_histogram)
+    pairs = candidate_pairs(hashes, thumbs, phash_threshold, dhash_threshold, hash_margin, ssim_min)
+    write_csv(pairs, store.pairs)
+    groups = group_images(scan.manifest, pairs)
+    write_csv(groups, store.groups)
+    conflicts = label_conflicts(groups)
+
+    splits = make_splits(groups, n_splits=n_splits, seed=seed, val_fraction=val_fraction, repeats=repeats)
+    problems = check_split_invariants(splits)
+    if problems:  # a bug, not a data problem: stop loudly
+        raise AssertionError("; ".join(problems))
+    splits_sha = write_csv(splits, store.splits)
+    table = split_table(splits)
+
+    counts = scan.manifest["label"].value_counts().to_dict() if len(scan.manifest) else {}
+    summary = {
+        "dataset": acquired.dataset,
+        "source": acquired.source,
+        "how": acquired.how,
+        "root": str(acquired.root),
+        "n_images": int(len(scan.manifest)),
+        "images_per_class": {c: int(counts.get(c, 0)) for c in CLASSES},
+        "n_masks": n_masks,
+        "expected": expected,
+        "count_problems": count_problems,
+        "n_issues": int(len(scan.issues)),
+        "reference": ref_summary,
+        "manifest_sha256": manifest_sha,
+        "splits_sha256": splits_sha,
+        "duplicates": {
+            "phash_threshold": phash_threshold, "dhash_threshold": dhash_threshold, "ssim_min": ssim_min,
+            "linked_pairs": int(pairs["linked"].sum()) if len(pairs) else 0,
+            "n_groups": int(groups["group_id"].nunique()),
+            "n_multi_image_groups": int((groups.groupby("group_id").size() > 1).sum()),
+            "images_in_multi_image_groups": int((groups["group_size"] > 1).sum()),
+            "n_label_conflict_groups": int(len(conflicts)),
+            "images_in_label_conflict_groups": int(groups["label_conflict"].sum()),
+        },
+        "splits": {"seed": seed, "n_splits": n_splits, "val_fraction": val_fraction, "repeats": repeats},
+        "warnings": warnings,
+    }
+    write_json(summary, store.summary)
+    assert sha256_of(store.manifest) == manifest_sha
+    return PreparedData(acquired, store, summary, scan.manifest, scan.issues, ref_check, pairs, groups,
+                        conflicts, splits, table, warnings)
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """Short human-readable lines for the notebook, the CLI and the index page."""
+    per = summary["images_per_class"]
+    lines = [
+        f"{summary['n_images']} images ({', '.join(f'{per[c]} {c}' for c in CLASSES)}), {summary['n_masks']} masks",
+    ]
+    ref = summary.get("reference")
+    if ref:
+        c = ref["counts"]
+        lines.append(
+            f"reference check: {ref['pixel_identical_images']} images and {ref['pixel_identical_masks']} masks "
+            f"pixel-identical to the public release ({sum(c['identical bytes'].values())} identical bytes, "
+            f"{sum(c['identical pixels'].values())} identical pixels re-encoded, {sum(c['different'].values())} different, "
+            f"{sum(c['missing'].values())} missing, {sum(c['unexpected'].values())} unexpected)"
+        )
+    d = summary["duplicates"]
+    lines.append(
+        f"near-duplicates (pHash <= {d['phash_threshold']} or dHash <= {d['dhash_threshold']}): "
+        f"{d['linked_pairs']} linked pairs, {d['n_groups']} groups ({d['n_multi_image_groups']} with more than one image, "
+        f"holding {d['images_in_multi_image_groups']} images), {d['n_label_conflict_groups']} label-conflict groups"
+    )
+    lines.append(f"manifest sha256 {summary['manifest_sha256'][:16]}…")
+    return lines
+
+
+def load_summary(processed_dir: Path) -> dict | None:
+    """The data summary of a processed dataset, or None if it has not been made."""
+    path = Path(processed_dir) / "data_summary.json"
+    return json.loads(path.read_text()) if path.exists() else None

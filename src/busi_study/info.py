@@ -1,0 +1,57 @@
+"""Facts about the dataset and the source studies, kept as data in one place.
+
+Nothing here is computed: these are published numbers and fixed conventions that the notebooks
+set side by side with what the study measures.
+"""
+
+from __future__ import annotations
+
+#: Class order everywhere (PROTOCOL.md §1): indices 0, 1, 2.
+CLASSES: tuple[str, ...] = ("normal", "benign", "malignant")
+CLASS_INDEX: dict[str, int] = {name: i for i, name in enumerate(CLASSES)}
+
+#: The public release, as described by its paper and its files.
+BUSI = {
+    "name": "BUSI (Breast Ultrasound Images Dataset)",
+    "citation": (
+        "Al-Dhabyani W, Gomaa M, Khaled H, Fahmy A. Dataset of breast ultrasound images. "
+        "Data in Brief 28 (2020) 104863. doi:10.1016/j.dib.2019.104863"
+    ),
+    "doi": "10.1016/j.dib.2019.104863",
+    "kaggle_handle": "aryashah2k/breast-ultrasound-images-dataset",
+    "folder_name": "Dataset_BUSI_with_GT",
+    "expected_images": {"normal": 133, "benign": 437, "malignant": 210},
+    "expected_image_total": 780,
+    "expected_mask_total": 798,
+    "women": "about 600",
+}
+
+#: Why two source studies quote about 1,578 images: they counted images and masks.
+IMAGES_PLUS_MASKS = BUSI["expected_image_total"] + BUSI["expected_mask_total"]
+
+#: S0's intensity analysis (normalised mean intensity per image), as published.
+S0_INTENSITY = {
+    "normal": {"min": 0.16, "max": 0.44, "median": 0.30},
+    "benign": {"min": 0.16, "max": 0.51, "median": 0.33},
+    "malignant": {"min": 0.14, "max": 0.47, "median": 0.28},
+}
+
+#: Class counts as quoted by the source studies (images + masks in S0).
+S0_QUOTED_COUNTS = {"total": 1576, "normal": 265, "benign": 891, "malignant": 420}
+S1_QUOTED_TOTAL = 1578
+
+#: Source studies: short label, model, and headline claims (SEEDS.md).
+SOURCE_STUDIES = {
+    "S0": {"model": "MobileNetV2 (ImageNet), fine-tuned", "claims": {"accuracy": 0.82}},
+    "S1": {"model": "ResNet101 (ImageNet), all layers trainable",
+           "claims": {"val_accuracy": 0.99, "test_accuracy": 0.97}},
+    "S2": {"model": "small CNN from scratch, 180x180",
+           "claims": {"accuracy": 0.93, "precision": 0.96, "recall": 0.905}},
+    "S3": {"model": "frozen ResNet50 + dense head",
+           "claims": {"accuracy": 0.9402, "f1": 0.9452, "kappa": 0.8977, "roc_auc": 0.9870,
+                      "val_accuracy": 0.9104}},
+    "S4": {"model": "MobileNetV3Small + SSDLiteX-style head (binary)",
+           "claims": {"accuracy": 0.96, "f1": 0.96}},
+}
+
+DEMO_BANNER = "DEMO DATA — NOT CLINICAL"

@@ -1,0 +1,1 @@
+"""Report: figure/table export, run metadata, index page, and the papermill runner."""

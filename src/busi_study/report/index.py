@@ -1,0 +1,190 @@
+"""The report's front page: ``reports/<run-id>/index.html``.
+
+Plain HTML, no external assets, so it opens from disk, from a zip, or from a static server.
+A small script marks ``<body data-images-loaded="N/M">`` once the page has loaded, which the
+end-to-end test reads from headless Chromium to prove the figures really render.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import pandas as pd
+
+from ..info import CLASSES, DEMO_BANNER
+
+STYLE = """
+body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1180px;padding:0 20px 40px;color:#1d1d1f}
+h1{font-size:26px;margin:18px 0 4px} h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:30px}
+table{border-collapse:collapse;margin:8px 0;font-size:13px} td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+th{background:#f3f3f3} .ok{color:#0a7d28;font-weight:600} .bad{color:#b00020;font-weight:600}
+.demo{background:#b00020;color:#fff;font-weight:700;padding:8px 16px;text-align:center;font-size:18px}
+.warn{background:#fff4e5;border-left:5px solid #e67e00;padding:8px 14px;margin:10px 0}
+.figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:16px}
+figure{margin:0;border:1px solid #e2e2e2;padding:6px;background:#fafafa} figure img{width:100%;height:auto}
+figcaption{font-size:12px;color:#555;word-break:break-all} code{background:#f3f3f3;padding:0 3px}
+details{margin:6px 0}
+"""
+
+LOADED_SCRIPT = """
+<script>
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute('data-images-loaded', ok + '/' + imgs.length);
+});
+</script>
+"""
+
+
+def _e(x) -> str:
+    return html.escape(str(x))
+
+
+def _table(rows: list[tuple], header: tuple) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _data_section(data: dict | None) -> str:
+    if not data:
+        return "<p>No data summary in this run (the download notebook did not run or failed).</p>"
+    per = data["images_per_class"]
+    exp = data.get("expected", {})
+    rows = [(c, per.get(c, 0), exp.get("images", {}).get(c, "")) for c in CLASSES]
+    rows.append(("<b>images</b>", f"<b>{data['n_images']}</b>", sum(exp.get("images", {}).values()) or ""))
+    rows.append(("<b>masks</b>", f"<b>{data['n_masks']}</b>", exp.get("masks", "")))
+    parts = [f"<p>Source: <code>{_e(data['source'])}</code> — {_e(data['how'])}</p>",
+             _table(rows, ("class", "found", "expected"))]
+    ref = data.get("reference")
+    if ref:
+        c = ref["counts"]
+        verdict = ('<span class="ok">all files pixel-identical to the public release</span>' if ref["all_match"]
+                   else '<span class="bad">differs from the public release</span>')
+        parts.append(f"<p>Reference check against the published BUSI release: {verdict}: "
+                     f"<b>{ref['pixel_identical_images']} images / {ref['pixel_identical_masks']} masks "
+                     f"pixel-identical</b>.</p>")
+        parts.append(_table([(o, c[o]["image"], c[o]["mask"]) for o in c], ("outcome", "images", "masks")))
+    elif data.get("dataset") == "demo":
+        parts.append("<p>Reference check: not applicable (synthetic demo phantoms, not BUSI).</p>")
+    d = data["duplicates"]
+    parts.append(
+        f"<p>Near-duplicate groups (PROTOCOL.md §2; link when pHash distance ≤ {d['phash_threshold']} or dHash "
+        f"distance ≤ {d['dhash_threshold']}{'' if d.get('ssim_min') is None else ', SSIM ≥ ' + str(d['ssim_min'])}): "
+        f"<b>{d['n_groups']} groups</b> for {data['n_images']} images; {d['n_multi_image_groups']} groups hold more than "
+        f"one image ({d['images_in_multi_image_groups']} images); <b>{d['n_label_conflict_groups']} label-conflict "
+        f"groups</b> ({d['images_in_label_conflict_groups']} images).</p>")
+    s = data["splits"]
+    parts.append(f"<p>Splits: StratifiedGroupKFold, {s['n_splits']} folds, seed {s['seed']}, "
+                 f"{s['repeats']} repeat(s), inner validation ≈ {s['val_fraction']:.3f} of groups. "
+                 f"Manifest SHA-256 <code>{_e(data['manifest_sha256'])}</code>; splits SHA-256 "
+                 f"<code>{_e(data['splits_sha256'])}</code>.</p>")
+    return "\n".join(parts)
+
+
+def _notebooks_section(meta: dict) -> str:
+    rows = []
+    for n in meta.get("notebooks", []):
+        state = '<span class="ok">ok</span>' if n["ok"] else f'<span class="bad">failed</span>: {_e(n.get("error"))}'
+        src = f" (from run {_e(n['from_run'])})" if n.get("from_run") else ""
+        rows.append((f"<a href=\"{_e(n['html'])}\">{_e(n['name'])}</a>", state + src, f"{n['wall_s']:.1f}",
+                     f"<a href=\"{_e(n['ipynb'])}\">executed .ipynb</a>"))
+    return _table(rows, ("notebook (HTML)", "status", "wall time (s)", "notebook"))
+
+
+def _figures_section(run_dir: Path) -> str:
+    figs = sorted((run_dir / "figures").glob("*.png"))
+    if not figs:
+        return "<p>No figures.</p>"
+    items = []
+    for png in figs:
+        pdf = png.with_suffix(".pdf")
+        pdf_link = f' · <a href="figures/{_e(pdf.name)}">PDF</a>' if pdf.exists() else ""
+        items.append(f'<figure><a href="figures/{_e(png.name)}"><img src="figures/{_e(png.name)}" alt="{_e(png.stem)}">'
+                     f'</a><figcaption>{_e(png.stem)}{pdf_link}</figcaption></figure>')
+    return f'<div class="figs">{"".join(items)}</div>'
+
+
+def _tables_section(run_dir: Path, inline_max_rows: int = 20) -> str:
+    csvs = sorted((run_dir / "tables").glob("*.csv"))
+    if not csvs:
+        return "<p>No tables.</p>"
+    out = []
+    for csv in csvs:
+        tex = csv.with_suffix(".tex")
+        links = f'<a href="tables/{_e(csv.name)}">CSV</a>' + (f' · <a href="tables/{_e(tex.name)}">LaTeX</a>' if tex.exists() else "")
+        df = pd.read_csv(csv)
+        inline = ""
+        if len(df) <= inline_max_rows and len(df.columns) <= 14:
+            inline = df.to_html(index=False, border=0, na_rep="", escape=True)
+        out.append(f"<h3>{_e(csv.stem)} <small>({links}; {len(df)} rows)</small></h3>{inline}")
+    return "\n".join(out)
+
+
+def _meta_section(meta: dict) -> str:
+    git = meta["git"]
+    hw = meta["hardware"]
+    rows = [
+        ("run id", _e(meta["run_id"])),
+        ("profile", _e(meta["profile"])),
+        ("command", f"<code>{_e(meta.get('command') or '')}</code>"),
+        ("git commit", f"<code>{_e(git['commit'])}</code>" + (" <b>(uncommitted changes)</b>" if git.get("dirty") else "")),
+        ("started / finished (UTC)", f"{_e(meta['started_utc'])} / {_e(meta.get('finished_utc', ''))}"),
+        ("total wall time", f"{meta.get('wall_s', 0):.1f} s"),
+        ("CPU", f"{_e(hw['cpu'])} ({hw['cpu_count']} logical cores), {hw.get('memory_gib')} GiB RAM"),
+        ("GPU", _e(", ".join(hw["gpus"]) or "none")),
+        ("platform / Python", f"{_e(hw['platform'])} / {_e(hw['python'])}"),
+        ("Jupyter kernel", _e(meta.get("kernel", ""))),
+    ]
+    if meta.get("partial_of"):
+        rows.append(("partial run", f"notebooks not rerun are carried over from run {_e(meta['partial_of'])}"))
+    pk = ", ".join(f"{_e(k)} {_e(v)}" for k, v in sorted(meta["packages"].items()))
+    params = "".join(f"<tr><td>{_e(k)}</td><td><code>{_e(v)}</code></td></tr>" for k, v in sorted(meta["params"].items()))
+    return (_table(rows, ("", "")) + f"<details><summary>package versions</summary><p>{pk}</p></details>"
+            f"<details open><summary>parameters</summary><table>{params}</table></details>")
+
+
+def write_index(run_dir: Path, meta: dict) -> Path:
+    """Write ``index.html`` for ``run_dir`` from its run metadata and its figures and tables."""
+    run_dir = Path(run_dir)
+    demo = meta.get("demo")
+    data = meta.get("data")
+    warnings = list((data or {}).get("warnings", []))
+    for n in meta.get("notebooks", []):
+        if not n["ok"]:
+            warnings.insert(0, f"notebook {n['name']} failed: {n.get('error')}")
+    banner = f'<div class="demo">{DEMO_BANNER}</div>' if demo else ""
+    warn_html = "".join(f'<div class="warn">⚠ {_e(w)}</div>' for w in warnings)
+    state = '<span class="ok">complete</span>' if meta.get("ok") else '<span class="bad">incomplete (a notebook failed)</span>'
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>BUSI study report — {_e(meta['run_id'])}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>
+<body>{banner}
+<h1>Deep learning for breast-ultrasound classification (BUSI): study report</h1>
+<p>Run <code>{_e(meta['run_id'])}</code> — {state} — profile <b>{_e(meta['profile'])}</b> —
+commit <code>{_e(meta['git']['commit'][:12])}</code>. Protocol: <code>PROTOCOL.md</code> (grouped 5-fold CV,
+group-bootstrap CIs).</p>
+{warn_html}
+<h2 id="data">Data</h2>
+{_data_section(data)}
+<h2 id="notebooks">Notebooks</h2>
+{_notebooks_section(meta)}
+<h2 id="figures">Figures</h2>
+<p>PNG at 300 dpi (click) and PDF, stable file names, for citation.</p>
+{_figures_section(run_dir)}
+<h2 id="tables">Tables</h2>
+{_tables_section(run_dir)}
+<h2 id="run">Run metadata</h2>
+{_meta_section(meta)}
+<p><a href="run.json">run.json</a> (everything above, machine-readable)</p>
+{banner}
+{LOADED_SCRIPT}
+</body></html>
+"""
+    path = run_dir / "index.html"
+    tmp = path.with_name("index.html.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path
