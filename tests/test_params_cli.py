@@ -1,0 +1,73 @@
+import pytest
+
+from busi_study.cli import REPO, run_all_main
+from busi_study.errors import ParameterError
+from busi_study.params import apply_overrides, load_profile, parse_override
+
+
+def test_profiles_load_and_inherit():
+    default = load_profile("default", REPO / "params")
+    smoke = load_profile("smoke", REPO / "params")
+    assert set(smoke) == set(default)
+    assert default["seed"] == 42 and default["n_splits"] == 5
+    assert smoke["figure_dpi"] != default["figure_dpi"]
+
+
+def test_unknown_profile_and_unknown_key(tmp_path):
+    with pytest.raises(ParameterError, match="unknown profile"):
+        load_profile("nope", REPO / "params")
+    (tmp_path / "default.yaml").write_text("seed: 1\n")
+    (tmp_path / "typo.yaml").write_text("inherits: default\nsed: 2\n")
+    with pytest.raises(ParameterError, match="sed"):
+        load_profile("typo", tmp_path)
+    (tmp_path / "broken.yaml").write_text("seed: [1,\n")
+    with pytest.raises(ParameterError, match="cannot parse"):
+        load_profile("broken", tmp_path)
+
+
+def test_overrides_are_typed():
+    params = {"seed": 42, "ssim_min": None, "flag": False, "data_source": "kaggle"}
+    assert parse_override("seed=7") == ("seed", 7)
+    assert parse_override("ssim_min=0.5") == ("ssim_min", 0.5)
+    assert apply_overrides(params, {"seed": 7})["seed"] == 7
+    assert apply_overrides(params, {"ssim_min": 0.4})["ssim_min"] == 0.4
+    with pytest.raises(ParameterError, match="unknown parameter"):
+        apply_overrides(params, {"sede": 1})
+    with pytest.raises(ParameterError, match="must be a number"):
+        apply_overrides(params, {"seed": "abc"})
+    with pytest.raises(ParameterError, match="true or false"):
+        apply_overrides(params, {"flag": 3})
+    with pytest.raises(ParameterError, match="key=value"):
+        parse_override("seed")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--data", "/no/such/folder"], "--data /no/such/folder: no such file or folder"),
+        (["--set", "bogus=1", "--list"], "unknown parameter 'bogus'"),
+        (["--only", "99", "--list"], "no notebook matches 99"),
+        (["--profile", "nope"], "unknown profile 'nope'"),
+        (["--seed", "1", "--set", "n_splits=x", "--list"], "must be a number"),
+    ],
+)
+def test_cli_errors_are_one_line(argv, message, capsys):
+    assert run_all_main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_cli_list_resolves_parameters(capsys):
+    assert run_all_main(["--demo", "--seed", "7", "--only", "01", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "01_eda_intensity.ipynb" in out and "00_download" not in out
+    assert "  seed: 7" in out and "  data_source: demo" in out
+
+
+def test_help_explains_options(capsys):
+    with pytest.raises(SystemExit):
+        run_all_main(["--help"])
+    out = capsys.readouterr().out
+    for flag in ("--data", "--demo", "--profile", "--only", "--from", "--seed", "--set"):
+        assert flag in out
