@@ -1,0 +1,133 @@
+"""End to end: run_all.py on demo data with the smoke profile, as a user would.
+
+One complete run, one failing run (the previous report must survive) and one partial rerun;
+the report is opened in headless Chromium. In CI (CI=true) a missing Chromium is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from busi_study.cli import REPO
+from busi_study.info import DEMO_BANNER
+from busi_study.report import browser
+
+pytestmark = pytest.mark.e2e
+
+
+def run_all(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO / "run_all.py"), "--demo", "--profile", "smoke", "--no-progress",
+           "--reports-dir", str(tmp / "reports"), "--data-dir", str(tmp / "data"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    first = run_all(tmp)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    latest = (tmp / "reports" / "latest").resolve()
+    return tmp, first, latest
+
+
+class Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links = []
+
+    def handle_starttag(self, tag, attrs):
+        for k, v in attrs:
+            if k in ("href", "src") and v and not v.startswith(("http:", "https:", "#", "data:", "mailto:")):
+                self.links.append(v)
+
+
+def test_report_layout(study):
+    tmp, first, run = study
+    assert "Report ready" in first.stdout and str(run / "index.html") in first.stdout
+    for nb in ("00_download", "01_eda_intensity"):
+        executed = json.loads((run / "notebooks" / f"{nb}.ipynb").read_text())
+        assert any(c.get("outputs") for c in executed["cells"] if c["cell_type"] == "code")
+        html = (run / "html" / f"{nb}.html").read_text()
+        assert DEMO_BANNER in html
+    pngs = sorted((run / "figures").glob("*.png"))
+    assert len(pngs) >= 8
+    for png in pngs:
+        assert png.with_suffix(".pdf").exists()
+        dpi = Image.open(png).info.get("dpi")
+        assert dpi and round(dpi[0]) == 150  # the smoke profile's figure_dpi
+    csvs = sorted((run / "tables").glob("*.csv"))
+    assert {"eda_intensity_vs_s0", "splits_per_fold", "data_validation_issues"} <= {c.stem for c in csvs}
+    for csv in csvs:
+        assert csv.with_suffix(".tex").exists()
+
+
+def test_run_metadata(study):
+    _, _, run = study
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["ok"] and meta["demo"] and meta["profile"] == "smoke"
+    assert len(meta["git"]["commit"]) == 40 or meta["git"]["commit"].startswith("unknown")
+    assert {"numpy", "pandas", "papermill", "nbconvert"} <= set(meta["packages"])
+    assert meta["hardware"]["cpu_count"] >= 1
+    assert [n["name"] for n in meta["notebooks"]] == ["00_download", "01_eda_intensity"]
+    assert all(n["ok"] and n["wall_s"] > 0 for n in meta["notebooks"])
+    data = meta["data"]
+    assert len(data["manifest_sha256"]) == 64 and data["dataset"] == "demo"
+    assert data["duplicates"]["n_label_conflict_groups"] == 1
+    assert meta["params"]["seed"] == 42 and meta["params"]["data_source"] == "demo"
+
+
+def test_index_links_resolve_and_page_says_demo(study):
+    _, _, run = study
+    index = (run / "index.html").read_text()
+    assert index.count(DEMO_BANNER) >= 2
+    parser = Links()
+    parser.feed(index)
+    assert len(parser.links) >= 20
+    missing = [link for link in parser.links if not (run / link).exists()]
+    assert missing == []
+
+
+def test_index_renders_in_chromium_with_figures(study):
+    _, _, run = study
+    if browser.find_chromium() is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is required in CI (apt-get install chromium)")
+        pytest.skip("chromium not installed")
+    shot = run / "screenshot.png"
+    loaded, total = browser.render(run / "index.html", shot)
+    assert total >= 8 and loaded == total
+    assert Image.open(shot).size[0] == 1280
+
+
+def test_failed_run_keeps_previous_report(study):
+    tmp, _, good = study
+    failed = run_all(tmp, "--set", "n_splits=1")
+    assert failed.returncode == 1
+    err = [line for line in failed.stderr.splitlines() if line.startswith("FAILED")]
+    assert err == ["FAILED: 00_download: ParameterError: n_splits must be at least 2, got 1"]
+    assert "partial output:" in failed.stderr and "Traceback" not in failed.stderr
+    assert (tmp / "reports" / "latest").resolve() == good
+    bad_runs = [p for p in (tmp / "reports").iterdir() if (p / "FAILED.txt").exists()]
+    assert len(bad_runs) == 1 and (bad_runs[0] / "notebooks" / "00_download.ipynb").exists()
+    assert (good / "index.html").exists() and json.loads((good / "run.json").read_text())["ok"]
+
+
+def test_only_reruns_one_notebook_and_carries_the_rest(study):
+    tmp, _, good = study
+    res = run_all(tmp, "--only", "01")
+    assert res.returncode == 0, res.stderr[-2000:]
+    new = (tmp / "reports" / "latest").resolve()
+    assert new != good
+    meta = json.loads((new / "run.json").read_text())
+    by = {n["name"]: n for n in meta["notebooks"]}
+    assert by["00_download"]["from_run"] == good.name and by["01_eda_intensity"]["from_run"] is None
+    assert (new / "html" / "00_download.html").exists()
+    assert meta["partial_of"] == good.name
