@@ -85,7 +85,7 @@ def run_all_main(argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m busi_study {check-data,demo} …``."""
+    """``python -m busi_study {check-data,demo,predict} …``."""
     p = argparse.ArgumentParser(prog="python -m busi_study", description="Tools of the BUSI study.")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("check-data", help="scan, validate and reference-check a copy of BUSI; write data/processed")
@@ -94,8 +94,32 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("demo", help="write the synthetic demo dataset (BUSI layout) to a folder")
     d.add_argument("out", type=Path)
     d.add_argument("--seed", type=int, default=0)
+    q = sub.add_parser("predict", help="class probabilities for image files or folders with an exported .keras model")
+    q.add_argument("images", nargs="+", help="image files and/or folders (searched recursively, masks skipped)")
+    q.add_argument("--model", required=True, type=Path, help="an exported model, e.g. reports/latest/models/NAME.keras")
+    q.add_argument("--out", type=Path, help="CSV to write (default: print to stdout)")
     args = p.parse_args(argv)
     try:
+        if args.cmd == "predict":
+            import os
+
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+            from .predict import list_images, load_model, predict_files
+
+            model, card = load_model(args.model)
+            files = list_images(args.images)
+            if not files:
+                raise StudyError("no image files found in the given paths")
+            table = predict_files(model, files)
+            if args.out:
+                table.to_csv(args.out, index=False)
+                print(f"{len(table)} rows ({int((table['error'] != '').sum())} errors) written to {args.out}", file=sys.stderr)
+            else:
+                table.to_csv(sys.stdout, index=False)
+            if card:
+                print(f"model: {card.get('title', args.model)}; weights: {card.get('weights')}; NOT FOR CLINICAL USE",
+                      file=sys.stderr)
+            return 0
         if args.cmd == "check-data":
             from .data.prepare import prepare_data, summary_lines
 

@@ -55,3 +55,15 @@ SOURCE_STUDIES = {
 }
 
 DEMO_BANNER = "DEMO DATA — NOT CLINICAL"
+
+#: How each source claim maps onto our metrics (claim key → (our metric, note)).
+CLAIM_TO_METRIC = {
+    "accuracy": ("accuracy", ""),
+    "test_accuracy": ("accuracy", ""),
+    "val_accuracy": (None, "validation accuracy: not a test result, nothing to compare"),
+    "f1": ("macro_f1", "macro F1 (S3 does not say which average)"),
+    "kappa": ("kappa", ""),
+    "roc_auc": ("macro_auc", "macro one-vs-rest AUC"),
+    "precision": ("precision_malignant", "S2's binary precision; ours: malignant precision, 3 classes"),
+    "recall": ("recall_malignant", "S2's binary recall; ours: malignant recall, 3 classes"),
+}

@@ -94,6 +94,46 @@ def _notebooks_section(meta: dict) -> str:
     return _table(rows, ("notebook (HTML)", "status", "wall time (s)", "notebook"))
 
 
+def _models_section(run_dir: Path, meta: dict) -> str:
+    csv = run_dir / "tables" / "comparison_models.csv"
+    if not csv.exists():
+        return "<p>No model results in this run.</p>"
+    t = pd.read_csv(csv)
+    cols = ["accuracy", "balanced_accuracy", "macro_f1", "kappa", "macro_auc", "malignant_auc", "benign_vs_malignant_auc",
+            "ece", "sens_at_spec90", "spec_at_sens90"]
+    rows = []
+    for _, r in t.iterrows():
+        if r["status"] != "trained":
+            rows.append((f"<b>{_e(r['model'])}</b>", _e(r["backbone"]), _e(r["weights"]), "–",
+                         f'<span class="bad">skipped</span>: {_e(r["flags"])}', *[""] * (len(cols) - 1)))
+            continue
+        cells = []
+        for c in cols:
+            if c in t.columns and pd.notna(r.get(c)):
+                cells.append(f"{r[c]:.3f}<br><small>[{r[c + '_ci_low']:.3f}, {r[c + '_ci_high']:.3f}]</small>")
+            else:
+                cells.append("–")
+        name = f"<b>{_e(r['model'])}</b>" + (f'<br><span class="bad">⚠ {_e(r["flags"])}</span>' if isinstance(r["flags"], str) and r["flags"] else "")
+        rows.append((name, _e(r["backbone"]), _e(r["weights"]), int(r["n"]), *cells))
+    html_t = _table(rows, ("model", "backbone", "weights", "n", *cols))
+    parts = [f"<p>Pooled out-of-fold predictions under grouped {_e(meta['params'].get('n_splits', 5))}-fold CV; "
+             f"95 % group-bootstrap CIs in brackets ({_e(meta['params'].get('bootstrap_resamples'))} resamples). "
+             '<a href="tables/comparison_models.csv">CSV</a> · <a href="tables/comparison_models.tex">LaTeX</a> · '
+             '<a href="tables/comparison_models.md">Markdown</a></p>', html_t]
+    paired = run_dir / "tables" / "comparison_paired_differences.csv"
+    if paired.exists():
+        p = pd.read_csv(paired)
+        parts.append(f"<h3>Best model ({_e(p['model_a'].iloc[0])}, by macro AUC) against each other model: paired group "
+                     "bootstrap of the difference</h3>")
+        parts.append(p.to_html(index=False, border=0, float_format=lambda v: f"{v:.3f}"))
+    roc = run_dir / "figures" / "comparison_roc_malignant.png"
+    if roc.exists():
+        parts.append('<figure style="max-width:560px"><img src="figures/comparison_roc_malignant.png" '
+                     'alt="ROC overlay"><figcaption>comparison_roc_malignant · '
+                     '<a href="figures/comparison_roc_malignant.pdf">PDF</a></figcaption></figure>')
+    return "\n".join(parts)
+
+
 def _figures_section(run_dir: Path) -> str:
     figs = sorted((run_dir / "figures").glob("*.png"))
     if not figs:
@@ -155,6 +195,8 @@ def write_index(run_dir: Path, meta: dict) -> Path:
     for n in meta.get("notebooks", []):
         if not n["ok"]:
             warnings.insert(0, f"notebook {n['name']} failed: {n.get('error')}")
+    for name, reason in (meta.get("models") or {}).get("skipped", []):
+        warnings.append(f"model {name} skipped: {reason}")
     banner = f'<div class="demo">{DEMO_BANNER}</div>' if demo else ""
     warn_html = "".join(f'<div class="warn">⚠ {_e(w)}</div>' for w in warnings)
     state = '<span class="ok">complete</span>' if meta.get("ok") else '<span class="bad">incomplete (a notebook failed)</span>'
@@ -171,6 +213,8 @@ group-bootstrap CIs).</p>
 {_data_section(data)}
 <h2 id="notebooks">Notebooks</h2>
 {_notebooks_section(meta)}
+<h2 id="models">Model comparison</h2>
+{_models_section(run_dir, meta)}
 <h2 id="figures">Figures</h2>
 <p>PNG at 300 dpi (click) and PDF, stable file names, for citation.</p>
 {_figures_section(run_dir)}

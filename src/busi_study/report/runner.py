@@ -127,6 +127,21 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
+def previous_complete_run(reports_dir: Path, demo: bool, profile: str, data_source: str) -> Path | None:
+    """The newest complete run on the same data with the same profile (what --only/--from extend)."""
+    best = None
+    for meta_path in Path(reports_dir).glob("*/run.json"):
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        same = (meta.get("ok") and bool(meta.get("demo")) == demo and meta.get("profile") == profile
+                and meta.get("params", {}).get("data_source") == data_source)
+        if same and (best is None or meta["started_utc"] > best[0]):
+            best = (meta["started_utc"], meta_path.parent)
+    return best[1] if best else None
+
+
 def _switch_latest(reports_dir: Path, run_dir: Path) -> None:
     link = reports_dir / "latest"
     tmp = reports_dir / ".latest.tmp"
@@ -156,6 +171,12 @@ def run_study(cfg: RunConfig) -> int:
     previous = latest.resolve() if latest.exists() else None
     partial = bool(cfg.only or cfg.start_from)
     carried: dict[str, dict] = {}
+    if partial:
+        previous = previous_complete_run(reports_dir, cfg.demo, cfg.profile, cfg.params.get("data_source"))
+        first = discover_notebooks(repo / "notebooks")[0]
+        if previous is None and notebooks[0] != first:
+            raise StudyError("--only/--from needs an earlier complete run with the same data and profile to "
+                             "extend; run the whole study first")
     if partial and previous is not None:
         # start from the latest complete report; the notebooks rerun below replace their parts
         shutil.copytree(previous, run_dir, symlinks=True)
@@ -168,6 +189,7 @@ def run_study(cfg: RunConfig) -> int:
     (run_dir / "RUNNING").write_text(f"started {dt.datetime.now(dt.timezone.utc).isoformat()}\n")
 
     kernel = _kernel(cfg.kernel_name)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # kernels inherit it: no TensorFlow banner in the notebooks
     base_params = {
         **cfg.params,
         "data_dir": str(data_dir),
@@ -223,6 +245,7 @@ def run_study(cfg: RunConfig) -> int:
             break
         _say(f"    done in {wall:.1f} s")
 
+    meta["models"] = _model_summary(run_dir, base_params, cfg.demo)
     meta["notebooks"] = [status[k] for k in sorted(status)]
     meta["wall_s"] = round(time.perf_counter() - t_run, 1)
     meta["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -241,6 +264,21 @@ def run_study(cfg: RunConfig) -> int:
     _switch_latest(reports_dir, run_dir)
     _say(f"Report ready in {meta['wall_s']:.0f} s: {run_dir / 'index.html'}  (also {latest / 'index.html'})")
     return 0
+
+
+def _model_summary(run_dir: Path, params: dict, demo: bool) -> dict | None:
+    """Comparison table, ROC overlay and paired differences from the model results, if any."""
+    if not (run_dir / "results").is_dir():
+        return None
+    from .summary import build_summary
+
+    try:
+        s = build_summary(run_dir, demo=demo, n_resamples=int(params.get("bootstrap_resamples", 2000)),
+                          seed=int(params.get("bootstrap_seed", 0)), dpi=int(params.get("figure_dpi", 300)))
+    except Exception as exc:  # the report is still written; the summary says why it is missing
+        _say(f"    (model summary failed: {type(exc).__name__}: {exc})")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {"best": s.get("best"), "skipped": s.get("skipped", [])}
 
 
 def _data_summary(run_dir: Path, params: dict) -> dict | None:

@@ -1,0 +1,1 @@
+"""Models: backbone registry, builders, image/feature caches, training and cross-validation."""

@@ -1,0 +1,165 @@
+"""One registry of backbones: name → Keras constructor, preprocessing, facts.
+
+Each entry says how to build the backbone (``keras.applications`` constructor and arguments),
+how its inputs are preprocessed, its default input size, the layer Grad-CAM uses, how its
+top blocks are named for unfreezing, and the weight file Keras looks for in its cache. The
+notebooks never hard-code any of this.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import StudyError
+
+
+class WeightsUnavailable(StudyError):
+    """ImageNet weights for a backbone could not be loaded (offline and not cached)."""
+
+    def __init__(self, backbone: str, filename: str, cache_dir: Path, reason: str) -> None:
+        self.backbone, self.filename, self.cache_dir, self.reason = backbone, filename, cache_dir, reason
+        super().__init__(
+            f"{backbone}: ImageNet weights not available ({reason}); put {filename} in {cache_dir} "
+            f"(the Keras cache, $KERAS_HOME/models) or run on a machine with internet"
+        )
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Facts about one backbone. ``blocks`` lists unfreezable blocks from the top down as
+    (block name, name of the block's first layer); ``always_trainable_top`` are layers above
+    the last block that are trained whenever any block is unfrozen."""
+
+    name: str
+    constructor: str
+    preprocess: str  # "tf" ([-1, 1]), "caffe" (BGR, ImageNet mean), "torch", "none" (model rescales itself)
+    input_size: int
+    gradcam_layer: str | None  # None: the backbone's last 4-D layer (Keras auto-names it, e.g. MobileNetV3)
+    blocks: tuple[tuple[str, str], ...]
+    always_trainable_top: tuple[str, ...] = ()
+    source_study: str = ""
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    def weights_filename(self, input_size: int = 224, **kwargs: Any) -> str:
+        """The file name Keras caches the no-top ImageNet weights under."""
+        kw = {**self.defaults, **kwargs}
+        if self.name == "mobilenet_v2":
+            alpha = float(kw.get("alpha", 1.0))
+            alpha_s = {1.0: "1.0", 0.35: "0.35", 0.5: "0.5", 0.75: "0.75", 1.3: "1.3", 1.4: "1.4"}.get(alpha, str(alpha))
+            # Keras has weights for these sizes; any other square size loads the 224 file
+            rows = input_size if input_size in (96, 128, 160, 192, 224) else 224
+            return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha_s}_{rows}_no_top.h5"
+        return {
+            "resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            "resnet101": "resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            "mobilenet_v3_small": "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
+            "efficientnet_b0": "efficientnetb0_notop.h5",
+        }[self.name]
+
+
+def _mnv2_blocks() -> tuple[tuple[str, str], ...]:
+    return tuple((f"block_{k}", f"block_{k}_expand") for k in range(16, 0, -1))
+
+
+def _resnet_blocks(counts: tuple[int, ...]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for stage, n in zip((5, 4, 3, 2), counts):
+        for b in range(n, 0, -1):
+            out.append((f"conv{stage}_block{b}", f"conv{stage}_block{b}_1_conv"))
+    return tuple(out)
+
+
+REGISTRY: dict[str, BackboneSpec] = {
+    "mobilenet_v2": BackboneSpec(
+        name="mobilenet_v2", constructor="MobileNetV2", preprocess="tf", input_size=224, gradcam_layer="out_relu",
+        blocks=_mnv2_blocks(), always_trainable_top=("Conv_1", "Conv_1_bn", "out_relu"), source_study="S0",
+        defaults={"alpha": 1.0},
+    ),
+    "resnet50": BackboneSpec(
+        name="resnet50", constructor="ResNet50", preprocess="caffe", input_size=224, gradcam_layer="conv5_block3_out",
+        blocks=_resnet_blocks((3, 6, 4, 3)), source_study="S3",
+    ),
+    "resnet101": BackboneSpec(
+        name="resnet101", constructor="ResNet101", preprocess="caffe", input_size=224, gradcam_layer="conv5_block3_out",
+        blocks=_resnet_blocks((3, 23, 4, 3)), source_study="S1",
+    ),
+    "mobilenet_v3_small": BackboneSpec(
+        name="mobilenet_v3_small", constructor="MobileNetV3Small", preprocess="none", input_size=224,
+        gradcam_layer=None, blocks=(), source_study="S4", defaults={"include_preprocessing": True},
+    ),
+    "efficientnet_b0": BackboneSpec(
+        name="efficientnet_b0", constructor="EfficientNetB0", preprocess="none", input_size=224,
+        gradcam_layer="top_activation", blocks=(), source_study="S3 (future work)",
+    ),
+}
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise StudyError(f"unknown backbone '{name}' (known: {', '.join(sorted(REGISTRY))})") from None
+
+
+def keras_cache_dir() -> Path:
+    """Where Keras looks for downloaded weights: ``$KERAS_HOME/models`` (default ``~/.keras/models``)."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+
+
+def describe_weights(weights: str | None) -> str:
+    """What to write in tables and titles: ``imagenet``, ``random init`` or the path."""
+    if weights in (None, "none", "None"):
+        return "random init"
+    return str(weights)
+
+
+def build_backbone(name: str, input_size: int, weights: str | None = "imagenet", **kwargs: Any):
+    """Build a no-top backbone as a nested Keras model named ``backbone``.
+
+    weights: ``imagenet`` (raises :class:`WeightsUnavailable` if it cannot be loaded),
+    ``none`` (random init, only when asked for explicitly) or a path to a weights file.
+    """
+    import keras
+
+    spec = get_spec(name)
+    kw = {**spec.defaults, **kwargs}
+    ctor = getattr(keras.applications, spec.constructor)
+    shape = (input_size, input_size, 3)
+    w = None if weights in (None, "none", "None") else weights
+    path_weights = None
+    if w not in (None, "imagenet"):
+        path_weights, w = Path(w), None
+        if not path_weights.exists():
+            raise StudyError(f"{name}: weights file not found: {path_weights}")
+    try:
+        model = ctor(include_top=False, weights=w, input_shape=shape, **kw)
+    except Exception as exc:  # offline download failure, missing cache file, bad file
+        if w == "imagenet":
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+            raise WeightsUnavailable(name, spec.weights_filename(input_size, **kw), keras_cache_dir(), reason) from None
+        raise
+    if path_weights is not None:
+        model.load_weights(str(path_weights))
+    model.name = "backbone"
+    return model
+
+
+def weights_available(name: str, weights: str | None = "imagenet", input_size: int = 224, **kwargs: Any) -> tuple[bool, str]:
+    """(available, message) without building anything heavy when the cache already has the file."""
+    if weights in (None, "none", "None"):
+        return True, "random init (explicitly asked for)"
+    if weights != "imagenet":
+        return Path(weights).exists(), str(weights)
+    spec = get_spec(name)
+    fname = spec.weights_filename(input_size, **kwargs)
+    cached = keras_cache_dir() / fname
+    if cached.exists():
+        return True, f"imagenet ({cached})"
+    try:
+        build_backbone(name, input_size, "imagenet", **kwargs)
+        return True, "imagenet (downloaded)"
+    except WeightsUnavailable as exc:
+        return False, str(exc)

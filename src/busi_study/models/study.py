@@ -1,0 +1,236 @@
+"""Run one model of the study end to end and write its results (used by notebooks 02–04).
+
+``run_model`` checks the weights (a backbone whose ImageNet weights cannot be loaded is skipped
+with a visible reason, or fails with ``strict``), runs the grouped CV on the cached views,
+evaluates the out-of-fold predictions, saves per-fold models (for the explanations), trains the
+final model on all images with the folds' median early-stopping epochs, and exports it with a
+model card. ``source_protocol`` reruns the source study's own random image-level split.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from ..data.store import ProcessedData, sha256_of, write_json
+from ..evaluation.evaluate import Evaluation, evaluate, wide_row
+from ..evaluation.metrics import classification_metrics
+from ..info import CLASSES
+from ..report import metadata
+from .experiment import CVResult, Experiment
+from .recipes import Recipe
+from .registry import WeightsUnavailable, weights_available
+
+
+@dataclass
+class ModelRun:
+    recipe: Recipe
+    results_dir: Path
+    skipped: str | None = None
+    experiment: Experiment | None = None
+    cv: CVResult | None = None
+    evaluation: Evaluation | None = None
+    timing: dict = field(default_factory=dict)
+    exported: Path | None = None
+
+
+def results_dir(report_dir: Path, name: str) -> Path:
+    return Path(report_dir) / "results" / name
+
+
+def check_weights(recipe: Recipe) -> tuple[bool, str]:
+    """Whether the recipe's pretrained weights can be loaded here (scratch models: always)."""
+    if recipe.backbone is None:
+        return True, "random init (trained from scratch)"
+    return weights_available(recipe.backbone, recipe.weights, recipe.input_size, **recipe.backbone_kwargs)
+
+
+def _write_skip(out: Path, recipe: Recipe, reason: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json({"model": recipe.name, "skipped": True, "reason": reason, "recipe": recipe.as_dict()}, out / "SKIPPED.json")
+
+
+def run_model(recipe: Recipe, store: ProcessedData, report_dir: Path, params: dict, progress: bool = True) -> ModelRun:
+    """Cross-validate, evaluate and export one recipe; see the module docstring."""
+    out = results_dir(report_dir, recipe.name)
+    ok, message = check_weights(recipe)
+    if not ok:
+        if params.get("strict"):
+            raise WeightsUnavailable(recipe.backbone, "", Path(), message)
+        _write_skip(out, recipe, message)
+        return ModelRun(recipe, out, skipped=message)
+    seed = int(params["seed"])
+    t0 = time.perf_counter()
+    ex = Experiment(recipe, store, seed=seed, progress=progress).prepare()
+    t_prep = time.perf_counter() - t0
+    splits = store.read("splits")
+    splits = splits[splits["seed"] == seed]
+    t0 = time.perf_counter()
+    cv = ex.cross_validate(splits, tta=bool(params.get("tta", True)))
+    t_cv = time.perf_counter() - t0
+    groups = store.read("groups")
+    conflicts = set(groups.loc[groups["label_conflict"], "image_id"])
+    ev = evaluate(cv.oof, cv.val, tta=cv.oof_tta, conflict_ids=conflicts,
+                  n_resamples=int(params["bootstrap_resamples"]), seed=int(params["bootstrap_seed"]))
+    run = ModelRun(recipe, out, experiment=ex, cv=cv, evaluation=ev)
+    run.timing = {"prepare_s": round(t_prep, 1), "cv_s": round(t_cv, 1), **ex.timing,
+                  "per_fold_s": cv.timing["seconds"].tolist()}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "SKIPPED.json").unlink(missing_ok=True)
+    for k, fm in enumerate(cv.fold_models):
+        ex.full_model(fm).save(out / f"fold{k}.keras")
+    if params.get("export_models", True):
+        t0 = time.perf_counter()
+        run.exported = export_final(ex, cv, ev, report_dir, store, params)
+        run.timing["final_model_s"] = round(time.perf_counter() - t0, 1)
+    write_results(run, store, params)
+    return run
+
+
+def final_epochs(cv: CVResult) -> list[int]:
+    """Per training phase, the median of the folds' early-stopping epochs (at least 1)."""
+    per_phase = np.array([fm.best_epochs for fm in cv.fold_models])
+    return [max(1, int(round(float(np.median(per_phase[:, j]))))) for j in range(per_phase.shape[1])]
+
+
+def model_card(recipe: Recipe, ev: Evaluation, store: ProcessedData, epochs: list[int], params: dict) -> dict:
+    return {
+        "model": recipe.name,
+        "title": recipe.title,
+        "source_study": recipe.source_study,
+        "classes": list(CLASSES),
+        "input": {"size": [recipe.input_size, recipe.input_size, 3], "dtype": "float32",
+                  "range": "RGB pixel values 0-255 (greyscale images repeated to 3 channels)",
+                  "resize": "plain resize of the whole image to a square (cv2.INTER_AREA)",
+                  "preprocessing": recipe.preprocessing + " (the model applies its own backbone preprocessing)"},
+        "backbone": recipe.backbone_label,
+        "weights": recipe.weights_label,
+        "trained_on": f"all {store.read_summary()['n_images']} images of the dataset, epochs per phase {epochs} "
+                      "(median early-stopping epoch of the CV folds)",
+        "cv_metrics": {"protocol": f"grouped {params['n_splits']}-fold CV, seed {params['seed']}, pooled out-of-fold; "
+                                   f"95% group-bootstrap CI ({params['bootstrap_resamples']} resamples)",
+                       **wide_row(ev.pooled)},
+        "data_manifest_sha256": sha256_of(store.manifest),
+        "git": metadata.git_info(Path(__file__).resolve().parents[3]),
+        "not_for_clinical_use": True,
+    }
+
+
+def export_final(ex: Experiment, cv: CVResult, ev: Evaluation, report_dir: Path, store: ProcessedData, params: dict) -> Path:
+    """Train on every image with the folds' median epochs; save ``models/<name>.keras`` + card."""
+    epochs = final_epochs(cv)
+    fm = ex.fit(np.arange(len(ex.y)), None, int(params["seed"]) + 99, epochs=epochs)
+    model = ex.full_model(fm)
+    out = Path(report_dir) / "models"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{ex.recipe.name}.keras"
+    model.save(path)
+    write_json(model_card(ex.recipe, ev, store, epochs, params), path.with_suffix(".json"))
+    return path
+
+
+def write_results(run: ModelRun, store: ProcessedData, params: dict) -> None:
+    """Predictions, histories, timing and metrics (JSON + CSV) under ``results/<name>/``."""
+    out, cv, ev = run.results_dir, run.cv, run.evaluation
+    cv.oof.to_csv(out / "oof.csv", index=False)
+    cv.val.to_csv(out / "val_predictions.csv", index=False)
+    if cv.oof_tta is not None:
+        cv.oof_tta.to_csv(out / "oof_tta.csv", index=False)
+    cv.history.to_csv(out / "history.csv", index=False)
+    ev.pooled.to_csv(out / "metrics_pooled.csv", index=False)
+    ev.per_fold.to_csv(out / "metrics_per_fold.csv", index=False)
+    record = {
+        "model": run.recipe.name, "title": run.recipe.title, "recipe": run.recipe.as_dict(),
+        "weights": run.recipe.weights_label, "backbone": run.recipe.backbone_label,
+        "protocol": f"grouped {params['n_splits']}-fold CV (StratifiedGroupKFold), seed {params['seed']}, pooled out-of-fold",
+        "n": int(len(cv.oof)),
+        "pooled": ev.pooled.to_dict(orient="records"),
+        "per_fold_summary": ev.per_fold_summary.reset_index(names="stat").to_dict(orient="records"),
+        "per_fold": ev.per_fold.to_dict(orient="records"),
+        "collapse_flags": ev.collapse,
+        "without_label_conflicts": None if ev.without_conflicts is None else ev.without_conflicts.to_dict(orient="records"),
+        "n_without_label_conflicts": ev.extra.get("n_without_conflicts"),
+        "tta": None if ev.tta is None else ev.tta.to_dict(orient="records"),
+        "confusion_counts": ev.confusion_counts.to_dict(),
+        "timing": run.timing,
+        "final_epochs": final_epochs(cv),
+        "exported_model": str(run.exported) if run.exported else None,
+        "bootstrap": {"resamples": params["bootstrap_resamples"], "seed": params["bootstrap_seed"], "ci": 0.95},
+        "data_manifest_sha256": sha256_of(store.manifest),
+        "git": metadata.git_info(Path(__file__).resolve().parents[3]),
+        "packages": metadata.package_versions(),
+        "hardware": metadata.hardware(),
+        "params": {k: v for k, v in params.items() if not isinstance(v, (dict,))},
+    }
+    write_json(record, out / "metrics.json")
+
+
+def source_protocol(ex: Experiment, params: dict, test_fraction: float | None = None, val_fraction: float | None = None,
+                    repeats: int | None = None) -> pd.DataFrame:
+    """The source studies' protocol: a random *image-level* stratified split (e.g. 85/15 with 10 %
+    of training for validation), repeated with seeds seed, seed+1, … One row per repeat."""
+    test_fraction = test_fraction or float(params["source_test_fraction"])
+    val_fraction = val_fraction or float(params["source_val_fraction"])
+    repeats = repeats or int(params["source_protocol_repeats"])
+    idx = np.arange(len(ex.y))
+    rows = []
+    for r in range(repeats):
+        s = int(params["seed"]) + r
+        train_val, test = train_test_split(idx, test_size=test_fraction, random_state=s, stratify=ex.y)
+        train, val = train_test_split(train_val, test_size=val_fraction, random_state=s, stratify=ex.y[train_val])
+        t0 = time.perf_counter()
+        fm = ex.fit(np.sort(train), np.sort(val), s + 500)
+        p = ex.predict(fm, np.sort(test))
+        m = classification_metrics(ex.y[np.sort(test)], p)
+        # how many test images have a near-duplicate in training: the leak this protocol allows
+        g = ex.table["group_id"].to_numpy()
+        leaked = int(np.isin(g[test], g[train_val]).sum())
+        rows.append({"repeat": r, "seed": s, "n_test": len(test), "test_images_with_duplicate_in_training": leaked,
+                     "seconds": round(time.perf_counter() - t0, 1), **m})
+    return pd.DataFrame(rows).rename(columns={"auc_malignant": "malignant_auc"})
+
+
+def load_results(report_dir: Path) -> dict[str, dict]:
+    """metrics.json (or SKIPPED.json) of every model in a report folder, by model name."""
+    out = {}
+    for d in sorted((Path(report_dir) / "results").glob("*")):
+        for name in ("metrics.json", "SKIPPED.json"):
+            if (d / name).exists():
+                out[d.name] = json.loads((d / name).read_text())
+                break
+    return out
+
+
+def claims_table(study: str, source: pd.DataFrame | None, ev: Evaluation) -> pd.DataFrame:
+    """Three columns per claimed metric: the source's number, ours under its protocol (mean and
+    range over repeats), ours under the study's protocol (pooled grouped CV with its 95 % CI)."""
+    from ..info import CLAIM_TO_METRIC, SOURCE_STUDIES
+
+    pooled = ev.pooled.set_index("metric")
+    rows = []
+    for claim, reported in SOURCE_STUDIES[study]["claims"].items():
+        metric, note = CLAIM_TO_METRIC.get(claim, (None, "no matching metric"))
+        row = {"source": study, "claim": claim, "reported": reported, "our_metric": metric or "", "note": note}
+        if metric and source is not None and metric in source:
+            row.update(source_protocol_mean=source[metric].mean(), source_protocol_min=source[metric].min(),
+                       source_protocol_max=source[metric].max())
+        if metric and metric in pooled.index:
+            row.update(grouped_cv=pooled.loc[metric, "value"], grouped_cv_ci_low=pooled.loc[metric, "ci_low"],
+                       grouped_cv_ci_high=pooled.loc[metric, "ci_high"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def metrics_display(ev: Evaluation) -> pd.DataFrame:
+    """The pooled metrics with CIs, per-fold mean ± sd beside them, for a notebook table."""
+    t = ev.pooled.copy()
+    s = ev.per_fold_summary
+    t["fold_mean"] = [s.loc["mean", m] if m in s.columns else np.nan for m in t["metric"]]
+    t["fold_sd"] = [s.loc["sd", m] if m in s.columns else np.nan for m in t["metric"]]
+    return t

@@ -1,0 +1,112 @@
+"""Training on cached views with early stopping, deterministic given the seed.
+
+Each epoch every training image contributes one randomly chosen view (views are cached arrays:
+frozen-network outputs or augmented images). Validation uses view 0 (unaugmented). Early
+stopping watches validation loss and restores a *copy* of the best weights.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..info import CLASSES
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """epochs: maximum; patience: early-stopping patience on val loss (None: train all epochs
+    and keep the best-val-loss weights); class_weight: weight classes by inverse frequency in
+    the training part."""
+
+    epochs: int = 30
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    patience: int | None = 4
+    class_weight: bool = True
+    augment_views: bool = True
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    history: pd.DataFrame  # epoch, loss, accuracy, val_loss, val_accuracy, seconds
+    best_epoch: int        # 1-based epoch whose weights were restored
+    seconds: float
+
+
+def balanced_class_weight(y: np.ndarray, n_classes: int = len(CLASSES)) -> dict[int, float]:
+    """n / (k · count_c) for each class present (sklearn's 'balanced')."""
+    counts = np.bincount(y, minlength=n_classes)
+    present = counts > 0
+    k = int(present.sum())
+    return {c: float(len(y) / (k * counts[c])) if counts[c] else 0.0 for c in range(n_classes)}
+
+
+def _compile(model, learning_rate: float) -> None:
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+
+
+def train(
+    model,
+    views: np.ndarray,
+    y: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray | None,
+    cfg: TrainConfig,
+    seed: int,
+    epochs: int | None = None,
+) -> TrainResult:
+    """Train ``model`` (compiled here with Adam + sparse CE) on ``views[:, train_idx]``.
+
+    views: array (n_views, n, ...) of model inputs. y: int labels (n,). With ``val_idx`` None
+    (final model on all data) it trains exactly ``epochs`` epochs without early stopping.
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    _compile(model, cfg.learning_rate)
+    rng = np.random.default_rng(seed)
+    n_views = views.shape[0] if cfg.augment_views else 1
+    cw = balanced_class_weight(y[train_idx]) if cfg.class_weight else None
+    max_epochs = epochs or cfg.epochs
+    rows, best, best_loss, best_epoch, waited = [], None, np.inf, 0, 0
+    t_start = time.perf_counter()
+    for epoch in range(1, max_epochs + 1):
+        t0 = time.perf_counter()
+        chosen = rng.integers(0, n_views, size=len(train_idx))
+        x = views[chosen, train_idx]
+        h = model.fit(x, y[train_idx], batch_size=cfg.batch_size, epochs=1, shuffle=True, class_weight=cw, verbose=0)
+        row = {"epoch": epoch, "loss": float(h.history["loss"][0]), "accuracy": float(h.history["accuracy"][0])}
+        if val_idx is not None and len(val_idx):
+            vl, va = model.evaluate(views[0, val_idx], y[val_idx], batch_size=64, verbose=0)
+            row.update(val_loss=float(vl), val_accuracy=float(va))
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+        rows.append(row)
+        if val_idx is None:
+            continue
+        if row["val_loss"] < best_loss - 1e-6:
+            best_loss, best_epoch, waited = row["val_loss"], epoch, 0
+            best = [w.copy() for w in model.get_weights()]
+        else:
+            waited += 1
+            if cfg.patience is not None and waited >= cfg.patience:
+                break
+    if best is not None:
+        model.set_weights(best)
+    else:
+        best_epoch = len(rows)
+    return TrainResult(pd.DataFrame(rows), best_epoch, round(time.perf_counter() - t_start, 1))
+
+
+def predict(model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Class probabilities (n, 3) in inference mode."""
+    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)

@@ -1,0 +1,82 @@
+"""Predict with an exported model: image files or folders in, a CSV of class probabilities out.
+
+    python -m busi_study predict IMAGE_OR_FOLDER ... --model reports/latest/models/NAME.keras [--out preds.csv]
+
+One row per image (path, p_normal, p_benign, p_malignant, predicted, error). An unreadable
+file gets a row with its error instead of stopping the run. Works offline: the ``.keras``
+file carries its own preprocessing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from .data.images import read_rgb
+from .data.manifest import IMAGE_SUFFIXES, MASK_RE
+from .errors import StudyError
+from .info import CLASSES
+
+
+def list_images(paths: Iterable[str | Path]) -> list[Path]:
+    """Expand folders (recursively, masks left out) and keep files as given, in a stable order."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                          and not MASK_RE.match(f.stem))
+        else:
+            out.append(p)
+    return out
+
+
+def load_model(path: Path):
+    """Load an exported classifier (and its model card, if beside it)."""
+    import keras
+
+    from .models import builders  # noqa: F401  (registers the custom preprocessing layer)
+
+    path = Path(path)
+    if not path.exists():
+        raise StudyError(f"model file not found: {path}")
+    model = keras.models.load_model(path, compile=False)
+    card_path = path.with_suffix(".json")
+    card = json.loads(card_path.read_text()) if card_path.exists() else {}
+    return model, card
+
+
+def predict_files(model, files: list[Path], batch_size: int = 16) -> pd.DataFrame:
+    """Probabilities for each file; unreadable files get an ``error`` and no probabilities."""
+    size = int(model.inputs[0].shape[1])
+    rows, batch, batch_rows = [], [], []
+
+    def flush():
+        if not batch:
+            return
+        proba = np.asarray(model.predict(np.stack(batch).astype(np.float32), verbose=0))
+        for r, p in zip(batch_rows, proba):
+            r.update({f"p_{c}": float(v) for c, v in zip(CLASSES, p)}, predicted=CLASSES[int(np.argmax(p))])
+        batch.clear()
+        batch_rows.clear()
+
+    for f in files:
+        row = {"path": str(f), **{f"p_{c}": np.nan for c in CLASSES}, "predicted": "", "error": ""}
+        rows.append(row)
+        try:
+            if not f.exists():
+                raise FileNotFoundError("no such file")
+            img = cv2.resize(read_rgb(f), (size, size), interpolation=cv2.INTER_AREA)
+        except Exception as exc:  # bad file: an error row, not a crash
+            row["error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"
+            continue
+        batch.append(img)
+        batch_rows.append(row)
+        if len(batch) == batch_size:
+            flush()
+    flush()
+    return pd.DataFrame(rows, columns=["path", *[f"p_{c}" for c in CLASSES], "predicted", "error"])

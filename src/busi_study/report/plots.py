@@ -1,0 +1,105 @@
+"""Figures shared by the model notebooks and the report: learning curves, confusion matrices,
+ROC curves, ROC overlay, reliability diagrams. Each returns a Matplotlib figure."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_curve
+
+from ..info import CLASSES
+
+PROBA = [f"p_{c}" for c in CLASSES]
+
+
+def learning_curves(history: pd.DataFrame, title: str):
+    """Loss and accuracy per epoch, one line per fold (and per phase when there are two)."""
+    phases = sorted(history["phase"].unique())
+    fig, axes = plt.subplots(len(phases), 2, figsize=(10, 3.2 * len(phases)), squeeze=False)
+    for i, ph in enumerate(phases):
+        h = history[history["phase"] == ph]
+        for j, metric in enumerate(("loss", "accuracy")):
+            ax = axes[i, j]
+            for fold, hf in h.groupby("fold"):
+                line, = ax.plot(hf["epoch"], hf[metric], lw=1, label=f"fold {fold} train")
+                if f"val_{metric}" in hf:
+                    ax.plot(hf["epoch"], hf[f"val_{metric}"], lw=1, ls="--", color=line.get_color(), label=f"fold {fold} val")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(metric)
+            ax.set_title(f"phase {ph}: {metric}" if len(phases) > 1 else metric, fontsize=9)
+    axes[0, 1].legend(fontsize=6, ncol=2)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def confusion(counts: pd.DataFrame, normalised: pd.DataFrame, title: str):
+    """Counts and row-normalised confusion matrices side by side."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, m, fmt in ((axes[0], counts, "{:.0f}"), (axes[1], normalised, "{:.2f}")):
+        a = m.to_numpy(dtype=float)
+        ax.imshow(np.nan_to_num(a), cmap="Blues")
+        for (r, c), v in np.ndenumerate(a):
+            ax.text(c, r, "" if np.isnan(v) else fmt.format(v), ha="center", va="center",
+                    color="white" if v > np.nanmax(a) * 0.6 else "black")
+        ax.set_xticks(range(len(CLASSES)), CLASSES)
+        ax.set_yticks(range(len(CLASSES)), CLASSES)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+    axes[0].set_title("counts", fontsize=9)
+    axes[1].set_title("row-normalised (recall on the diagonal)", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def roc_one_vs_rest(pred: pd.DataFrame, title: str, auc: dict[str, float] | None = None):
+    """One-vs-rest ROC curves of the pooled out-of-fold predictions, one per class."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    y = pred["label"].to_numpy()
+    for c, col in zip(CLASSES, PROBA):
+        pos = y == c
+        if pos.all() or not pos.any():
+            continue
+        fpr, tpr, _ = roc_curve(pos, pred[col])
+        label = c + (f" (AUC {auc[c]:.3f})" if auc and c in auc else "")
+        ax.plot(fpr, tpr, lw=1.5, label=label)
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("1 − specificity")
+    ax.set_ylabel("sensitivity")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def roc_overlay(preds: dict[str, pd.DataFrame], title: str, positive: str = "malignant"):
+    """Malignant-vs-rest ROC of several models on their pooled out-of-fold predictions."""
+    fig, ax = plt.subplots(figsize=(5.6, 4.8))
+    for name, pred in preds.items():
+        pos = pred["label"].to_numpy() == positive
+        fpr, tpr, _ = roc_curve(pos, pred[f"p_{positive}"])
+        ax.plot(fpr, tpr, lw=1.5, label=name)
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("1 − specificity")
+    ax.set_ylabel("sensitivity")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def reliability(tables: dict[str, pd.DataFrame], title: str):
+    """Reliability diagrams (accuracy vs confidence per bin) for one or more prediction sets."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    for name, t in tables.items():
+        t = t[t["count"] > 0]
+        ax.plot(t["confidence"], t["accuracy"], marker="o", ms=3, lw=1.2, label=name)
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("confidence (top-label probability)")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
