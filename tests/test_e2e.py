@@ -13,12 +13,15 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from PIL import Image
 
 from busi_study.cli import REPO
 from busi_study.info import DEMO_BANNER
+from busi_study.models.registry import weights_available
 from busi_study.report import browser
+from busi_study.report.runner import discover_notebooks
 
 pytestmark = pytest.mark.e2e
 
@@ -76,12 +79,37 @@ def test_run_metadata(study):
     assert len(meta["git"]["commit"]) == 40 or meta["git"]["commit"].startswith("unknown")
     assert {"numpy", "pandas", "papermill", "nbconvert"} <= set(meta["packages"])
     assert meta["hardware"]["cpu_count"] >= 1
-    assert [n["name"] for n in meta["notebooks"]] == ["00_download", "01_eda_intensity"]
+    assert [n["name"] for n in meta["notebooks"]] == [nb.stem for nb in discover_notebooks(REPO / "notebooks")]
     assert all(n["ok"] and n["wall_s"] > 0 for n in meta["notebooks"])
     data = meta["data"]
     assert len(data["manifest_sha256"]) == 64 and data["dataset"] == "demo"
     assert data["duplicates"]["n_label_conflict_groups"] == 1
     assert meta["params"]["seed"] == 42 and meta["params"]["data_source"] == "demo"
+
+
+def test_models_results_exports_and_comparison(study):
+    _, _, run = study
+    table = pd.read_csv(run / "tables" / "comparison_models.csv")
+    trained = set(table.loc[table["status"] == "trained", "model"])
+    assert "s2_cnn" in trained
+    if weights_available("mobilenet_v2", "imagenet", 112, alpha=0.35)[0]:
+        assert {"s3_head-mobilenet_v2-a0.35", "s0_finetune-mobilenet_v2-a0.35-b2"} <= trained
+    for model in trained:
+        res = run / "results" / model
+        oof = pd.read_csv(res / "oof.csv")
+        assert oof["image_id"].is_unique and {"p_normal", "p_benign", "p_malignant", "fold"} <= set(oof.columns)
+        metrics = json.loads((res / "metrics.json").read_text())
+        assert metrics["weights"] in ("imagenet", "random init") and metrics["n"] == len(oof)
+        card = json.loads((run / "models" / f"{model}.json").read_text())
+        assert card["classes"] == ["normal", "benign", "malignant"] and "accuracy_ci_low" in card["cv_metrics"]
+        assert (run / "models" / f"{model}.keras").exists()
+        assert (res / "localisation_per_image.csv").exists()
+    for skipped in table.loc[table["status"] == "skipped", "flags"]:
+        assert "not available" in skipped
+    for name in ("comparison_models", "localisation_summary", "calibration_summary", "error_rate_by_factor"):
+        assert (run / "tables" / f"{name}.csv").exists(), name
+    index = (run / "index.html").read_text()
+    assert "Model comparison" in index and "comparison_roc_malignant.png" in index
 
 
 def test_index_links_resolve_and_page_says_demo(study):

@@ -40,6 +40,9 @@ def build_run_all_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any profile parameter")
     p.add_argument("--reports-dir", type=Path, help="where runs are written (default: reports/)")
     p.add_argument("--data-dir", type=Path, help="where raw links and processed data live (default: data/)")
+    p.add_argument("--strict", action="store_true", help="fail when a backbone's pretrained weights cannot be loaded (default: skip it, visibly)")
+    p.add_argument("--check-reference", action="store_true",
+                   help="after the run, say whether each model's pooled metrics fall inside the CIs in reports/reference/")
     p.add_argument("--list", action="store_true", help="list the notebooks and the resolved parameters, then exit")
     p.add_argument("--no-progress", action="store_true", help="no per-cell progress bars")
     return p
@@ -56,6 +59,8 @@ def run_all_main(argv: list[str] | None = None) -> int:
         overrides = dict(parse_override(s) for s in args.set)
         if args.seed is not None:
             overrides["seed"] = args.seed
+        if args.strict:
+            overrides["strict"] = True
         if args.demo:
             overrides["data_source"] = "demo"
         elif args.data:
@@ -75,13 +80,33 @@ def run_all_main(argv: list[str] | None = None) -> int:
             reports_dir=args.reports_dir, data_dir=args.data_dir,
             argv=["run_all.py", *(argv if argv is not None else sys.argv[1:])], progress=not args.no_progress,
         )
-        return run_study(cfg)
+        code = run_study(cfg)
+        if code == 0 and args.check_reference:
+            code = check_reference_main(cfg.reports_dir or REPO / "reports")
+        return code
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; the previous complete report (reports/latest) is untouched", file=sys.stderr)
         return 130
+
+
+def check_reference_main(reports_dir: Path) -> int:
+    """Compare reports/latest with reports/reference; print a table; 0 when every value is inside."""
+    from .report.reference import check_against_reference
+
+    ref = REPO / "reports" / "reference"
+    if not (ref / "comparison_models.csv").exists():
+        raise StudyError(f"no reference results in {ref}")
+    latest = (Path(reports_dir) / "latest").resolve()
+    table = check_against_reference(latest, ref)
+    table.to_csv(latest / "tables" / "reference_check.csv", index=False)
+    print(table.round(3).to_string(index=False))
+    outside = table[~table["inside"]]
+    print(f"{len(table) - len(outside)}/{len(table)} values inside the reference 95 % CIs"
+          + ("" if outside.empty else f"; outside: {', '.join(outside['model'] + ':' + outside['metric'])}"))
+    return 0 if outside.empty and len(table) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,8 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("images", nargs="+", help="image files and/or folders (searched recursively, masks skipped)")
     q.add_argument("--model", required=True, type=Path, help="an exported model, e.g. reports/latest/models/NAME.keras")
     q.add_argument("--out", type=Path, help="CSV to write (default: print to stdout)")
+    e = sub.add_parser("export-reference", help="copy a complete run's numbers to reports/reference/ and update the README")
+    e.add_argument("run", nargs="?", type=Path, default=REPO / "reports" / "latest")
     args = p.parse_args(argv)
     try:
+        if args.cmd == "export-reference":
+            from .report.reference import export_reference
+
+            files = export_reference(args.run, REPO / "reports" / "reference", REPO / "README.md")
+            print(f"{len(files)} files written to {REPO / 'reports' / 'reference'}; README results section updated")
+            return 0
         if args.cmd == "predict":
             import os
 

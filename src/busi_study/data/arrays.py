@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .images import read_rgb
 from .store import ProcessedData, sha256_of

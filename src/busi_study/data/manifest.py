@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..info import BUSI, CLASS_INDEX, CLASSES
 from .images import file_sha256, pixel_sha256

@@ -184,6 +184,11 @@ class Experiment:
             for ph, res in enumerate(fm.phases, start=1):
                 hist.append(res.history.assign(fold=int(fold), phase=ph))
             timing.append({"fold": int(fold), "seconds": fm.seconds, "best_epochs": fm.best_epochs})
+            if self.progress:
+                acc = float((p.argmax(axis=1) == self.y[idx["test"]]).mean())
+                print(f"  {self.recipe.name} fold {fold}: {len(idx['train'])} train / {len(idx['val'])} val / "
+                      f"{len(idx['test'])} test, best epoch(s) {fm.best_epochs}, {fm.seconds:.0f} s, test accuracy {acc:.3f}",
+                      flush=True)
             models.append(fm)
             if on_fold:
                 on_fold(int(fold), fm, p, idx)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .augment import AugmentConfig, views_batch
 

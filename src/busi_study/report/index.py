@@ -115,7 +115,7 @@ def _models_section(run_dir: Path, meta: dict) -> str:
                 cells.append("–")
         name = f"<b>{_e(r['model'])}</b>" + (f'<br><span class="bad">⚠ {_e(r["flags"])}</span>' if isinstance(r["flags"], str) and r["flags"] else "")
         rows.append((name, _e(r["backbone"]), _e(r["weights"]), int(r["n"]), *cells))
-    html_t = _table(rows, ("model", "backbone", "weights", "n", *cols))
+    html_t = '<div style="overflow-x:auto">' + _table(rows, ("model", "backbone", "weights", "n", *cols)) + "</div>"
     parts = [f"<p>Pooled out-of-fold predictions under grouped {_e(meta['params'].get('n_splits', 5))}-fold CV; "
              f"95 % group-bootstrap CIs in brackets ({_e(meta['params'].get('bootstrap_resamples'))} resamples). "
              '<a href="tables/comparison_models.csv">CSV</a> · <a href="tables/comparison_models.tex">LaTeX</a> · '

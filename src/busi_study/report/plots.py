@@ -103,3 +103,43 @@ def reliability(tables: dict[str, pd.DataFrame], title: str):
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def image_gallery(items: list[dict], ncols: int = 4, title: str = ""):
+    """A grid of images; each item: image (H, W) or (H, W, 3) uint8, caption, optional mask
+    (contour in yellow) and optional cam (heat-map overlay, same size as the image)."""
+    n = max(1, len(items))
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.7 * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, it in zip(axes.ravel(), items):
+        img = it["image"]
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255)
+        if it.get("cam") is not None:
+            ax.imshow(it["cam"], cmap="jet", alpha=0.4, vmin=0, vmax=1)
+        if it.get("mask") is not None and np.asarray(it["mask"]).any():
+            ax.contour(np.asarray(it["mask"], dtype=float), levels=[0.5], colors="yellow", linewidths=0.8)
+        ax.set_title(it.get("caption", ""), fontsize=6.5)
+    if not items:
+        axes[0, 0].text(0.5, 0.5, "none", ha="center")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def error_rates(table: pd.DataFrame, title: str):
+    """Error rate with 95 % CI per level, one panel per factor (from error_analysis.error_rate_by)."""
+    factors = list(dict.fromkeys(table["factor"]))
+    fig, axes = plt.subplots(1, len(factors), figsize=(3.2 * len(factors), 3.4), squeeze=False)
+    for ax, f in zip(axes[0], factors):
+        t = table[table["factor"] == f]
+        x = np.arange(len(t))
+        ax.errorbar(x, t["error_rate"], yerr=[t["error_rate"] - t["ci_low"], t["ci_high"] - t["error_rate"]], fmt="o", capsize=3)
+        ax.set_xticks(x, [f"{lv}\n(n={n})" for lv, n in zip(t["level"], t["n"])], fontsize=6, rotation=30)
+        ax.set_title(f, fontsize=8)
+        ax.set_ylim(0, max(0.6, float(np.nanmax(t["ci_high"])) + 0.05))
+    axes[0, 0].set_ylabel("error rate")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,108 @@
+"""Reference results: export one run's numbers to ``reports/reference/`` and check a rerun.
+
+``export_reference`` copies numbers only (no images, no models): the model comparison (CSV and
+Markdown), each model's metrics JSON, the paired differences, the source-protocol and claims
+tables, the speed benchmark, the split table, the data summary and the run metadata; then it
+regenerates the README's results section from them. ``check_against_reference`` says, model by
+model and metric by metric, whether a new run's pooled value falls inside the reference CI.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+CHECK_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "malignant_auc", "benign_vs_malignant_auc", "ece")
+TABLE_PATTERNS = ("comparison_*.csv", "comparison_*.md", "*_claims_vs_ours.csv", "*_source_protocol.csv",
+                  "*_benchmark_*.csv", "splits_per_fold.csv", "data_reference_check.csv", "duplicates_label_conflicts.csv",
+                  "eda_intensity_vs_s0.csv", "localisation*.csv", "calibration*.csv", "error_*.csv")
+README_START, README_END = "<!-- reference-results:start -->", "<!-- reference-results:end -->"
+
+
+def export_reference(run_dir: Path, ref_dir: Path, readme: Path | None = None) -> list[Path]:
+    """Write ``ref_dir`` from a complete run folder; return the files written."""
+    run_dir, ref_dir = Path(run_dir).resolve(), Path(ref_dir)
+    meta = json.loads((run_dir / "run.json").read_text())
+    if not meta.get("ok"):
+        raise ValueError(f"{run_dir} is not a complete run")
+    if ref_dir.exists():
+        shutil.rmtree(ref_dir)
+    (ref_dir / "metrics").mkdir(parents=True)
+    written = []
+    for pattern in TABLE_PATTERNS:
+        for f in sorted((run_dir / "tables").glob(pattern)):
+            shutil.copy2(f, ref_dir / f.name)
+            written.append(ref_dir / f.name)
+    for d in sorted((run_dir / "results").glob("*")):
+        for name in ("metrics.json", "SKIPPED.json"):
+            if (d / name).exists():
+                target = ref_dir / "metrics" / f"{d.name}{'' if name == 'metrics.json' else '.SKIPPED'}.json"
+                shutil.copy2(d / name, target)
+                written.append(target)
+    for name in ("run.json", "data_summary.json"):
+        if (run_dir / name).exists():
+            shutil.copy2(run_dir / name, ref_dir / name)
+            written.append(ref_dir / name)
+    (ref_dir / "README.md").write_text(_reference_readme(meta))
+    written.append(ref_dir / "README.md")
+    if readme is not None and readme.exists():
+        update_readme(readme, ref_dir)
+    return written
+
+
+def _reference_readme(meta: dict) -> str:
+    wall = {n["name"]: n["wall_s"] for n in meta.get("notebooks", [])}
+    hw = meta["hardware"]
+    lines = [
+        "# Reference results",
+        "",
+        f"Numbers of one full run (`{meta.get('command')}`), run id `{meta['run_id']}`, git commit "
+        f"`{meta['git']['commit']}`{' (uncommitted changes)' if meta['git'].get('dirty') else ''}, profile "
+        f"`{meta['profile']}`, on {hw['cpu']} ({hw['cpu_count']} logical cores), GPU: {', '.join(hw['gpus']) or 'none'}.",
+        "",
+        f"Total wall time {meta['wall_s']:.0f} s; per notebook: " + ", ".join(f"{k} {v:.0f} s" for k, v in wall.items()) + ".",
+        "",
+        "`comparison_models.csv` / `.md`: one row per model, pooled out-of-fold metrics under grouped 5-fold CV with 95 % "
+        "group-bootstrap CIs; `metrics/<model>.json`: everything measured for that model (per fold, operating points, "
+        "secondary analysis without label-conflict groups, TTA, timing per fold, weights used, versions, hardware). "
+        "`run_all.py --check-reference` reruns and compares against these CIs.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, ref_dir: Path) -> None:
+    """Replace the README's results section (between the marker comments) with the reference table."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return
+    md = (ref_dir / "comparison_models.md").read_text() if (ref_dir / "comparison_models.md").exists() else "(no models)\n"
+    meta = json.loads((ref_dir / "run.json").read_text())
+    wall = sum(n["wall_s"] for n in meta.get("notebooks", []))
+    block = (f"{README_START}\n_Generated from `reports/reference/` (run `{meta['run_id']}`, commit "
+             f"`{meta['git']['commit'][:12]}`, profile `{meta['profile']}`, {meta['hardware']['cpu_count']} CPU cores, "
+             f"GPU: {', '.join(meta['hardware']['gpus']) or 'none'}, notebooks' wall time {wall / 60:.1f} min). Pooled out-of-fold "
+             f"predictions, grouped 5-fold CV, value [95 % group-bootstrap CI]._\n\n{md}\n{README_END}")
+    text = re.sub(re.escape(README_START) + r".*?" + re.escape(README_END), lambda _: block, text, flags=re.S)
+    readme.write_text(text)
+
+
+def check_against_reference(run_dir: Path, ref_dir: Path, metrics: tuple[str, ...] = CHECK_METRICS) -> pd.DataFrame:
+    """One row per (model, metric) present in both: reference value and CI, new value, inside."""
+    ref = pd.read_csv(Path(ref_dir) / "comparison_models.csv")
+    new = pd.read_csv(Path(run_dir) / "tables" / "comparison_models.csv")
+    rows = []
+    for _, r in ref[ref["status"] == "trained"].iterrows():
+        match = new[(new["model"] == r["model"]) & (new["status"] == "trained")]
+        for m in metrics:
+            if m not in ref.columns:
+                continue
+            row = {"model": r["model"], "metric": m, "reference": r[m], "ci_low": r[f"{m}_ci_low"],
+                   "ci_high": r[f"{m}_ci_high"], "new": float(match[m].iloc[0]) if len(match) else float("nan")}
+            row["inside"] = bool(len(match)) and row["ci_low"] - 1e-9 <= row["new"] <= row["ci_high"] + 1e-9
+            rows.append(row)
+    return pd.DataFrame(rows)
