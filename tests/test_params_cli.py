@@ -71,3 +71,9 @@ def test_help_explains_options(capsys):
     out = capsys.readouterr().out
     for flag in ("--data", "--demo", "--profile", "--only", "--from", "--seed", "--set"):
         assert flag in out
+
+
+def test_only_without_a_previous_complete_run_is_refused(tmp_path, capsys):
+    code = run_all_main(["--demo", "--only", "01", "--reports-dir", str(tmp_path / "r"), "--data-dir", str(tmp_path / "d")])
+    assert code == 2
+    assert "needs an earlier complete run with the same data and profile" in capsys.readouterr().err

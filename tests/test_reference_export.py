@@ -1,0 +1,47 @@
+import json
+
+import pandas as pd
+
+from busi_study.report.reference import check_against_reference, export_reference, update_readme
+
+from .test_evaluate_summary import test_summary_writes_comparison_roc_and_paired_differences as make_run
+
+
+def _complete_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    make_run(run)  # results/, tables/comparison_models.csv, figures/
+    (run / "tables" / "splits_per_fold.csv").write_text("seed,fold\n42,0\n")
+    (run / "figures" / "big.png").write_bytes(b"png")
+    meta = {"ok": True, "run_id": "r1", "command": "run_all.py --profile reference", "git": {"commit": "a" * 40, "dirty": False},
+            "profile": "reference", "hardware": {"cpu": "cpu", "cpu_count": 2, "gpus": []}, "wall_s": 100.0,
+            "notebooks": [{"name": "00_download", "wall_s": 30.0}]}
+    (run / "run.json").write_text(json.dumps(meta))
+    return run
+
+
+def test_export_copies_numbers_only_and_updates_readme(tmp_path):
+    run = _complete_run(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- reference-results:start -->\nPLACEHOLDER-XYZ\n<!-- reference-results:end -->\nend\n")
+    ref = tmp_path / "reference"
+    files = export_reference(run, ref, readme)
+    names = {f.name for f in files}
+    assert {"comparison_models.csv", "comparison_models.md", "splits_per_fold.csv", "run.json", "README.md",
+            "good.json", "s3_head-resnet50.SKIPPED.json"} <= names
+    assert not any(f.suffix in (".png", ".pdf", ".keras") for f in ref.rglob("*"))
+    text = readme.read_text()
+    assert "PLACEHOLDER-XYZ" not in text and "| good |" in text and text.startswith("intro") and text.endswith("end\n")
+
+
+def test_check_against_reference(tmp_path):
+    run = _complete_run(tmp_path)
+    ref = tmp_path / "reference"
+    export_reference(run, ref)
+    same = check_against_reference(run, ref)
+    assert len(same) and same["inside"].all()
+    t = pd.read_csv(run / "tables" / "comparison_models.csv")
+    t.loc[t["model"] == "good", "accuracy"] = 0.0
+    t.to_csv(run / "tables" / "comparison_models.csv", index=False)
+    moved = check_against_reference(run, ref).set_index(["model", "metric"])
+    assert not moved.loc[("good", "accuracy"), "inside"] and moved.loc[("good", "macro_auc"), "inside"]
