@@ -100,7 +100,7 @@ def _models_section(run_dir: Path, meta: dict) -> str:
         return "<p>No model results in this run.</p>"
     t = pd.read_csv(csv)
     cols = ["accuracy", "balanced_accuracy", "macro_f1", "kappa", "macro_auc", "malignant_auc", "benign_vs_malignant_auc",
-            "ece", "sens_at_spec90", "spec_at_sens90"]
+            "ece", "sens_at_spec90", "spec_at_sens90", "fold_seconds"]
     rows = []
     for _, r in t.iterrows():
         if r["status"] != "trained":
@@ -109,13 +109,16 @@ def _models_section(run_dir: Path, meta: dict) -> str:
             continue
         cells = []
         for c in cols:
-            if c in t.columns and pd.notna(r.get(c)):
+            if c == "fold_seconds":
+                cells.append(_e(r.get(c, "")) if isinstance(r.get(c), str) else "–")
+            elif c in t.columns and pd.notna(r.get(c)):
                 cells.append(f"{r[c]:.3f}<br><small>[{r[c + '_ci_low']:.3f}, {r[c + '_ci_high']:.3f}]</small>")
             else:
                 cells.append("–")
         name = f"<b>{_e(r['model'])}</b>" + (f'<br><span class="bad">⚠ {_e(r["flags"])}</span>' if isinstance(r["flags"], str) and r["flags"] else "")
         rows.append((name, _e(r["backbone"]), _e(r["weights"]), int(r["n"]), *cells))
-    html_t = '<div style="overflow-x:auto">' + _table(rows, ("model", "backbone", "weights", "n", *cols)) + "</div>"
+    header = ("model", "backbone", "weights", "n", *cols[:-1], "CV wall time per fold (s)")
+    html_t = '<div style="overflow-x:auto">' + _table(rows, header) + "</div>"
     parts = [f"<p>Pooled out-of-fold predictions under grouped {_e(meta['params'].get('n_splits', 5))}-fold CV; "
              f"95 % group-bootstrap CIs in brackets ({_e(meta['params'].get('bootstrap_resamples'))} resamples). "
              '<a href="tables/comparison_models.csv">CSV</a> · <a href="tables/comparison_models.tex">LaTeX</a> · '

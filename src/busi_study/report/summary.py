@@ -44,7 +44,9 @@ def comparison_table(run_dir: Path) -> pd.DataFrame:
         rows.append({"model": name, "source_study": m["recipe"].get("source_study", ""), "backbone": m["backbone"],
                      "weights": m["weights"], "input_size": m["recipe"]["input_size"], "protocol": m["protocol"],
                      "n": m["n"], "status": "trained", "flags": "; ".join(m.get("collapse_flags") or []),
-                     **wide_row(pooled, HEADLINE)})
+                     **wide_row(pooled, HEADLINE),
+                     "cv_seconds": m.get("timing", {}).get("cv_s"),
+                     "fold_seconds": " ".join(f"{x:.0f}" for x in m.get("timing", {}).get("per_fold_s", []))})
     for name, s in skipped.items():
         rec = s.get("recipe", {})
         rows.append({"model": name, "source_study": rec.get("source_study", ""), "backbone": rec.get("backbone"),
