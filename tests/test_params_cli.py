@@ -77,3 +77,26 @@ def test_only_without_a_previous_complete_run_is_refused(tmp_path, capsys):
     code = run_all_main(["--demo", "--only", "01", "--reports-dir", str(tmp_path / "r"), "--data-dir", str(tmp_path / "d")])
     assert code == 2
     assert "needs an earlier complete run with the same data and profile" in capsys.readouterr().err
+
+
+def test_previous_complete_run_is_the_newest_real_run_not_the_latest_link(tmp_path):
+    import json
+
+    from busi_study.report.runner import previous_complete_run
+
+    def run(name, started, ok=True, demo=True, profile="smoke"):
+        d = tmp_path / name
+        d.mkdir()
+        meta = {"ok": ok, "demo": demo, "profile": profile, "started_utc": started,
+                "params": {"data_source": "demo"}}
+        (d / "run.json").write_text(json.dumps(meta))
+        return d
+
+    run("a", "2026-01-01T00:00:00+00:00")
+    b = run("b", "2026-01-02T00:00:00+00:00")
+    run("c", "2026-01-03T00:00:00+00:00", ok=False)  # failed: not complete
+    run("d", "2026-01-04T00:00:00+00:00", profile="default")  # another profile
+    (tmp_path / "latest").symlink_to("b", target_is_directory=True)
+    for _ in range(3):  # directory order must not matter
+        assert previous_complete_run(tmp_path, True, "smoke", "demo") == b.resolve()
+    assert previous_complete_run(tmp_path, False, "smoke", "demo") is None

@@ -131,6 +131,8 @@ def previous_complete_run(reports_dir: Path, demo: bool, profile: str, data_sour
     """The newest complete run on the same data with the same profile (what --only/--from extend)."""
     best = None
     for meta_path in Path(reports_dir).glob("*/run.json"):
+        if meta_path.parent.is_symlink():  # reports/latest is a link to one of the runs, not a run
+            continue
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, json.JSONDecodeError):
@@ -139,7 +141,7 @@ def previous_complete_run(reports_dir: Path, demo: bool, profile: str, data_sour
                 and meta.get("params", {}).get("data_source") == data_source)
         if same and (best is None or meta["started_utc"] > best[0]):
             best = (meta["started_utc"], meta_path.parent)
-    return best[1] if best else None
+    return best[1].resolve() if best else None
 
 
 def _switch_latest(reports_dir: Path, run_dir: Path) -> None:
