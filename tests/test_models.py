@@ -176,5 +176,20 @@ def test_export_and_predict_cli(tmp_path, demo_store, capsys):
     # the exported model predicts like the in-memory one
     img = ex.views[0, :2] if ex.recipe.kind == "scratch" else None
     assert img is None or img.shape[0] == 2
+    # two models: a fold ensemble, the mean of their probabilities, row by row
+    fm2 = ex.fit(np.arange(len(ex.y)), None, seed=4, epochs=[1])
+    ex.full_model(fm2).save(tmp_path / "m2.keras")
+    out2, out_ens = tmp_path / "pred2.csv", tmp_path / "ens.csv"
+    assert main(["predict", str(folder), "--model", str(tmp_path / "m2.keras"), "--out", str(out2)]) == 0
+    assert main(["predict", str(folder), "--model", str(model_path), str(tmp_path / "m2.keras"), "--out", str(out_ens)]) == 0
+    cols = ["p_normal", "p_benign", "p_malignant"]
+    a, b = t[t["error"] == ""], pd.read_csv(out2, keep_default_na=False)
+    b = b[b["error"] == ""]
+    ens = pd.read_csv(out_ens, keep_default_na=False)
+    assert (ens["n_models"] == 2).all() and (ens["error"] != "").sum() == 1
+    ens = ens[ens["error"] == ""]
+    mean = (a[cols].astype(float).to_numpy() + b[cols].astype(float).to_numpy()) / 2
+    assert np.allclose(ens[cols].astype(float).to_numpy(), mean, atol=1e-6)
+    assert "fold ensemble: mean of 2 models" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "nothing-here"), "--model", str(tmp_path / "nope.keras")]) == 2
     assert "model file not found" in capsys.readouterr().err

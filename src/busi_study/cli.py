@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--seed", type=int, default=0)
     q = sub.add_parser("predict", help="class probabilities for image files or folders with an exported .keras model")
     q.add_argument("images", nargs="+", help="image files and/or folders (searched recursively, masks skipped)")
-    q.add_argument("--model", required=True, type=Path, help="an exported model, e.g. reports/latest/models/NAME.keras")
+    q.add_argument("--model", required=True, type=Path, nargs="+",
+                   help="an exported model, e.g. reports/latest/models/NAME.keras; several files (e.g. "
+                        "reports/latest/results/NAME/fold*.keras) give a fold ensemble, the mean of their probabilities")
     q.add_argument("--out", type=Path, help="CSV to write (default: print to stdout)")
     e = sub.add_parser("export-reference", help="copy a complete run's numbers to reports/reference/ and update the README")
     e.add_argument("run", nargs="?", type=Path, default=REPO / "reports" / "latest")
@@ -137,21 +139,24 @@ def main(argv: list[str] | None = None) -> int:
             import os
 
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-            from .predict import list_images, load_model, predict_files
+            from .predict import list_images, load_model, predict_ensemble
 
-            model, card = load_model(args.model)
+            loaded = [load_model(m) for m in args.model]
+            card = loaded[0][1]
             files = list_images(args.images)
             if not files:
                 raise StudyError("no image files found in the given paths")
-            table = predict_files(model, files)
+            table = predict_ensemble([m for m, _ in loaded], files)
             if args.out:
                 table.to_csv(args.out, index=False)
                 print(f"{len(table)} rows ({int((table['error'] != '').sum())} errors) written to {args.out}", file=sys.stderr)
             else:
                 table.to_csv(sys.stdout, index=False)
             if card:
-                print(f"model: {card.get('title', args.model)}; weights: {card.get('weights')}; NOT FOR CLINICAL USE",
+                print(f"model: {card.get('title', args.model[0])}; weights: {card.get('weights')}; NOT FOR CLINICAL USE",
                       file=sys.stderr)
+            if len(loaded) > 1:
+                print(f"fold ensemble: mean of {len(loaded)} models", file=sys.stderr)
             return 0
         if args.cmd == "check-data":
             from .data.prepare import prepare_data, summary_lines

@@ -1,10 +1,12 @@
 """Predict with an exported model: image files or folders in, a CSV of class probabilities out.
 
     python -m busi_study predict IMAGE_OR_FOLDER ... --model reports/latest/models/NAME.keras [--out preds.csv]
+    python -m busi_study predict IMAGES ... --model reports/latest/results/NAME/fold*.keras   # fold ensemble
 
 One row per image (path, p_normal, p_benign, p_malignant, predicted, error). An unreadable
 file gets a row with its error instead of stopping the run. Works offline: the ``.keras``
-file carries its own preprocessing.
+file carries its own preprocessing. Several ``--model`` files (e.g. the five fold models of a
+run) give a fold ensemble: the mean of their probabilities.
 """
 
 from __future__ import annotations
@@ -80,3 +82,18 @@ def predict_files(model, files: list[Path], batch_size: int = 16) -> pd.DataFram
             flush()
     flush()
     return pd.DataFrame(rows, columns=["path", *[f"p_{c}" for c in CLASSES], "predicted", "error"])
+
+
+def predict_ensemble(models: list, files: list[Path], batch_size: int = 16) -> pd.DataFrame:
+    """Mean class probabilities of several models (a fold ensemble); one model: ``predict_files``."""
+    if not models:
+        raise StudyError("no model given")
+    tables = [predict_files(m, files, batch_size) for m in models]
+    out = tables[0].copy()
+    cols = [f"p_{c}" for c in CLASSES]
+    proba = np.mean([t[cols].to_numpy(dtype=np.float64) for t in tables], axis=0)
+    out[cols] = proba
+    ok = out["error"] == ""
+    out.loc[ok, "predicted"] = [CLASSES[int(i)] for i in np.argmax(proba[ok.to_numpy()], axis=1)]
+    out["n_models"] = len(models)
+    return out
