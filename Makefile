@@ -29,7 +29,7 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests run_all.py
+	$(PY) -m ruff check src tests scripts run_all.py
 
 clean-env:
 	rm -rf $(VENV)

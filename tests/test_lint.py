@@ -8,7 +8,7 @@ from busi_study.cli import REPO
 
 def test_ruff_clean():
     pytest.importorskip("ruff")
-    res = subprocess.run([sys.executable, "-m", "ruff", "check", "src", "tests", "run_all.py"], cwd=REPO,
+    res = subprocess.run([sys.executable, "-m", "ruff", "check", "src", "tests", "scripts", "run_all.py"], cwd=REPO,
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
 

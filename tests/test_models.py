@@ -88,13 +88,15 @@ def test_weights_unavailable_is_reported_with_the_file(monkeypatch, tmp_path):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
 
     def offline(*a, **k):
-        raise Exception("URL fetch failure on https://example.invalid/resnet50.h5")
+        raise Exception("URL fetch failure on https://example.invalid/resnet50.h5: None -- [Errno -2] Name or "
+                        "service not known")
 
     monkeypatch.setattr(keras.applications, "ResNet50", offline)
     with pytest.raises(registry.WeightsUnavailable) as err:
         registry.build_backbone("resnet50", 224, "imagenet")
     msg = str(err.value)
     assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg and str(tmp_path) in msg
+    assert "(download failed: [Errno -2] Name or service not known)" in msg and "example.invalid" not in msg
     ok, why = registry.weights_available("resnet50", "imagenet")
     assert not ok and "put resnet50" in why
     # a cached file is found without building anything
@@ -193,3 +195,51 @@ def test_export_and_predict_cli(tmp_path, demo_store, capsys):
     assert "fold ensemble: mean of 2 models" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "nothing-here"), "--model", str(tmp_path / "nope.keras")]) == 2
     assert "model file not found" in capsys.readouterr().err
+
+
+def test_benchmark_cached_and_in_loop_see_the_same_features(demo_store):
+    from busi_study.models.benchmark import cached_vs_in_loop
+
+    ex = Experiment(tiny("frozen_head"), demo_store, seed=42, progress=False).prepare()
+    splits = demo_store.read("splits")
+    splits = splits[splits["seed"] == 42]
+    b = cached_vs_in_loop(ex, splits, epochs=1)
+    assert list(b["way"]) == ["cached features", "frozen base in the loop"]
+    assert b["seconds"].gt(0).all() and b["speed_ratio"].iloc[0] > 0
+    assert b["max_abs_feature_diff"].iloc[0] < 1e-3  # the head is fed the same numbers both ways
+    assert b["max_abs_prob_diff"].iloc[0] < 0.05     # one short epoch on tiny data: no room to drift
+    assert b["accuracy"].notna().all()
+
+
+def test_timing_only_benchmark_uses_random_weights_and_a_subset(demo_store):
+    from busi_study.models.benchmark import timing_only
+
+    splits = demo_store.read("splits")
+    r = tiny("frozen_head", weights="none", input_size=32, n_views=2)
+    b = timing_only(r, demo_store, splits[splits["seed"] == 42], epochs=1, n_train=12, n_test=6)
+    assert (b["weights"] == "random init (timing only)").all()
+    assert b["n_train"].iloc[0] == 12 and b["n_test"].iloc[0] == 6 and b["one_time_cache_images"].iloc[0] == 36
+    assert b["accuracy"].isna().all() and b["one_time_cache_s"].iloc[0] > 0
+    assert b["max_abs_feature_diff"].iloc[0] < 1e-3
+
+
+def test_tune_s0_scores_candidates_on_validation_only(demo_store, tmp_path):
+    import importlib.util
+
+    from busi_study.cli import REPO
+
+    if not imagenet_cached():
+        pytest.skip("needs the MobileNetV2-0.35 ImageNet weights in the Keras cache")
+    spec = importlib.util.spec_from_file_location("tune_s0", REPO / "scripts" / "tune_s0.py")
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+    out = tmp_path / "tune.csv"
+    args = ["--profile", "smoke", "--data-dir", str(demo_store.folder.parent.parent), "--dataset", "demo", "--out", str(out),
+            "--grid", "s0_unfreeze_blocks=1,2", "s0_head_epochs=1", "s0_finetune_epochs=1"]
+    assert tune.main(args) == 0
+    t = pd.read_csv(out)
+    assert sorted(t["s0_unfreeze_blocks"]) == [1, 2] and t["val_log_loss"].is_monotonic_increasing
+    n_val = (demo_store.read("splits").query("seed == 42 and role == 'val'")).shape[0]
+    assert (t["n_val"] == n_val).all()
+    assert not any(c.startswith("test") for c in t.columns)  # outer test folds are never scored here
+    assert tune.main([*args[:-3], "no_such_key=1"]) == 2

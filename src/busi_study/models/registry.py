@@ -138,13 +138,21 @@ def build_backbone(name: str, input_size: int, weights: str | None = "imagenet",
         model = ctor(include_top=False, weights=w, input_shape=shape, **kw)
     except Exception as exc:  # offline download failure, missing cache file, bad file
         if w == "imagenet":
-            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+            reason = _short_reason(exc)
             raise WeightsUnavailable(name, spec.weights_filename(input_size, **kw), keras_cache_dir(), reason) from None
         raise
     if path_weights is not None:
         model.load_weights(str(path_weights))
     model.name = "backbone"
     return model
+
+
+def _short_reason(exc: Exception) -> str:
+    """One readable line: 'download failed: <network error>' for Keras's URL fetch failures."""
+    line = (str(exc).splitlines() or [""])[0].strip() or type(exc).__name__
+    if "URL fetch failure" in line:
+        line = "download failed: " + (line.split(" -- ", 1)[1] if " -- " in line else line)
+    return line if len(line) <= 160 else line[:159] + "…"
 
 
 def weights_available(name: str, weights: str | None = "imagenet", input_size: int = 224, **kwargs: Any) -> tuple[bool, str]:

@@ -120,7 +120,9 @@ def _models_section(run_dir: Path, meta: dict) -> str:
     header = ("model", "backbone", "weights", "n", *cols[:-1], "CV wall time per fold (s)")
     html_t = '<div style="overflow-x:auto">' + _table(rows, header) + "</div>"
     parts = [f"<p>Pooled out-of-fold predictions under grouped {_e(meta['params'].get('n_splits', 5))}-fold CV; "
-             f"95 % group-bootstrap CIs in brackets ({_e(meta['params'].get('bootstrap_resamples'))} resamples). "
+             f"95 % group-bootstrap CIs in brackets ({_e(meta['params'].get('bootstrap_resamples'))} resamples, "
+             "percentile intervals; ECE is biased upwards in resamples, so its interval can lie above the point "
+             "estimate). "
              '<a href="tables/comparison_models.csv">CSV</a> · <a href="tables/comparison_models.tex">LaTeX</a> · '
              '<a href="tables/comparison_models.md">Markdown</a></p>', html_t]
     paired = run_dir / "tables" / "comparison_paired_differences.csv"

@@ -1,0 +1,87 @@
+"""Choose the S0 fine-tuning settings of a profile on validation data only (PROTOCOL.md §3).
+
+    .venv/bin/python scripts/tune_s0.py --profile reference --out reports/reference/tuning_s0.csv \
+        --grid s0_unfreeze_blocks=4,8 s0_input_size=224,288
+
+Runs grouped 5-fold CV for every combination of the grid on the prepared data
+(``data/processed/busi``, written by 00_download) and scores each combination on the pooled
+*inner validation* predictions (the validation groups of each outer training part). The outer
+test folds are never looked at here: the table holds validation metrics only, so the choice it
+supports does not leak into the cross-validated results the study reports. Validation sets also
+drive early stopping, so these numbers are optimistic for every candidate alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _value(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import pandas as pd
+
+    from busi_study.data.store import ProcessedData
+    from busi_study.evaluation.metrics import classification_metrics
+    from busi_study.info import CLASSES
+    from busi_study.models.experiment import Experiment
+    from busi_study.models.recipes import s0_recipe
+    from busi_study.params import load_profile
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", default="reference")
+    p.add_argument("--data-dir", type=Path, default=REPO / "data")
+    p.add_argument("--dataset", default="busi", help="processed dataset under data/processed (busi or demo)")
+    p.add_argument("--grid", nargs="+", default=[], help="KEY=V1,V2,... (profile keys)")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+
+    params = load_profile(args.profile, REPO / "params")
+    grid = {}
+    for item in args.grid:
+        key, _, values = item.partition("=")
+        if key not in params:
+            print(f"error: unknown parameter {key!r}", file=sys.stderr)
+            return 2
+        grid[key] = [_value(v) for v in values.split(",")]
+    store = ProcessedData(args.data_dir / "processed" / args.dataset)
+    splits = store.read("splits")
+    splits = splits[splits["seed"] == int(params["seed"])]
+    rows = []
+    for combo in itertools.product(*grid.values()) if grid else [()]:
+        setting = dict(zip(grid, combo))
+        recipe = s0_recipe({**params, **setting})
+        t0 = time.perf_counter()
+        ex = Experiment(recipe, store, seed=int(params["seed"]), progress=False).prepare()
+        cv = ex.cross_validate(splits, tta=False)
+        val = cv.val
+        y = val["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+        m = classification_metrics(y, val[[f"p_{c}" for c in CLASSES]].to_numpy())
+        row = {**setting, "recipe": recipe.name, "n_val": len(val),
+               **{f"val_{k}": round(float(m[k]), 4) for k in ("accuracy", "macro_auc", "auc_malignant", "log_loss")},
+               "best_epochs": json.dumps([fm.best_epochs for fm in cv.fold_models]),
+               "seconds": round(time.perf_counter() - t0, 1)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        table = pd.DataFrame(rows).sort_values("val_log_loss")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.out, index=False)
+    print(f"chosen on validation log loss: {table.iloc[0].to_dict()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
