@@ -243,3 +243,22 @@ def test_tune_s0_scores_candidates_on_validation_only(demo_store, tmp_path):
     assert (t["n_val"] == n_val).all()
     assert not any(c.startswith("test") for c in t.columns)  # outer test folds are never scored here
     assert tune.main([*args[:-3], "no_such_key=1"]) == 2
+
+
+def test_explain_images_covers_normal_images_with_the_held_out_fold_model(demo_store, tmp_path):
+    from busi_study.explain.study import explain_images
+
+    ex = Experiment(tiny("scratch"), demo_store, seed=42, progress=False).prepare()
+    splits = demo_store.read("splits")
+    splits = splits[splits["seed"] == 42]
+    for fold in sorted(splits["fold"].unique()):
+        fm = ex.fit(np.arange(len(ex.y)), None, seed=int(fold), epochs=[1])
+        ex.full_model(fm).save(tmp_path / f"fold{fold}.keras")
+    test = splits[splits["role"] == "test"]
+    manifest = demo_store.read("manifest").set_index("image_id")
+    wanted = [test.loc[test["image_id"].str.startswith(c), "image_id"].iloc[0] for c in ("normal", "benign")]
+    maps = explain_images(tmp_path, demo_store, splits, [*wanted, "no-such-image"], ex.recipe.input_size, "conv3")
+    assert sorted(maps) == sorted(wanted)
+    for i, m in maps.items():
+        assert m.shape == (manifest.loc[i, "height"], manifest.loc[i, "width"])
+        assert np.isfinite(m).all() and m.min() >= 0 and m.max() <= 1 + 1e-6

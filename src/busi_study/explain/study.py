@@ -100,6 +100,33 @@ def explain_model(name: str, results_dir: Path, store: ProcessedData, splits: pd
     return pd.DataFrame(rows), {"thresholds": thresholds, "maps": examples}
 
 
+def explain_images(results_dir: Path, store: ProcessedData, splits: pd.DataFrame, image_ids: list[str], input_size: int,
+                   layer: str | None, method: str = "gradcam") -> dict[str, np.ndarray]:
+    """Predicted-class maps (original image size) of any images, normal ones included, each from
+    the fold model that held it out; for figures (overlays of every class), not for measures."""
+    import keras
+
+    from ..models import builders  # noqa: F401  (registers the preprocessing layer)
+
+    table = labels_and_groups(store)
+    pos = {k: i for i, k in enumerate(table["image_id"])}
+    manifest = store.read("manifest").set_index("image_id")
+    test = splits[splits["role"] == "test"].set_index("image_id")["fold"]
+    images = load_image_array(store, input_size, progress=False)
+    out: dict[str, np.ndarray] = {}
+    wanted = [i for i in dict.fromkeys(image_ids) if i in test.index]
+    for fold in sorted({int(test[i]) for i in wanted}):
+        ids = [i for i in wanted if int(test[i]) == fold]
+        model = keras.models.load_model(Path(results_dir) / f"fold{fold}.keras", compile=False)
+        x = images[[pos[i] for i in ids]].astype(np.float32)
+        pred = np.asarray(model.predict(x, verbose=0)).argmax(axis=1)
+        shapes = [(int(manifest.loc[i, "height"]), int(manifest.loc[i, "width"])) for i in ids]
+        for i, m in zip(ids, upsample(gradcam(model, x, pred, layer, method), shapes)):
+            out[i] = m
+        keras.backend.clear_session()
+    return out
+
+
 def _gaussians(masks):
     from .localisation import centred_gaussian
 
