@@ -110,6 +110,13 @@ def test_models_results_exports_and_comparison(study):
         assert (run / "tables" / f"{name}.csv").exists(), name
     index = (run / "index.html").read_text()
     assert "Model comparison" in index and "comparison_roc_malignant.png" in index
+    errors = index[index.index('id="errors"'):index.index('id="figures"')]
+    assert "ECE before" in errors and "pointing-game hit rate" in errors and "centred Gaussian baseline" in errors
+    assert "s3_benchmark_cached_vs_in_loop.csv" in index
+    bench = pd.read_csv(run / "tables" / "s3_benchmark_cached_vs_in_loop.csv")
+    assert bench["max_abs_feature_diff"].dropna().lt(1e-3).all()
+    if not weights_available("resnet50", "imagenet", 224)[0]:  # offline: ResNet50 timed with random weights
+        assert (bench["weights"] == "random init (timing only)").sum() == 2
 
 
 def test_index_links_resolve_and_page_says_demo(study):

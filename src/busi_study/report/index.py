@@ -139,6 +139,52 @@ def _models_section(run_dir: Path, meta: dict) -> str:
     return "\n".join(parts)
 
 
+def _ci(v: float, lo: float, hi: float) -> str:
+    return "–" if pd.isna(v) else f"{v:.3f}<br><small>[{lo:.3f}, {hi:.3f}]</small>"
+
+
+def _errors_section(run_dir: Path) -> str:
+    """Calibration (ECE before / after temperature scaling) and localisation against the lesion masks."""
+    tables = run_dir / "tables"
+    parts = []
+    cal = tables / "calibration_summary.csv"
+    if cal.exists():
+        c = pd.read_csv(cal)
+        rows = [(f"<b>{_e(r['model'])}</b>", _ci(r["ece_before"], r["ece_before_ci_low"], r["ece_before_ci_high"]),
+                 _ci(r["ece_after"], r["ece_after_ci_low"], r["ece_after_ci_high"]),
+                 _ci(r["log_loss_before"], r["log_loss_before_ci_low"], r["log_loss_before_ci_high"]),
+                 _ci(r["log_loss_after"], r["log_loss_after_ci_low"], r["log_loss_after_ci_high"]), _e(r["temperatures"]))
+                for _, r in c.iterrows()]
+        parts += ["<h3>Calibration: temperature scaling fitted on each fold's validation part</h3>",
+                  _table(rows, ("model", "ECE before", "ECE after", "log loss before", "log loss after",
+                                "temperature per fold")),
+                  '<p><a href="tables/calibration_summary.csv">CSV</a> · <a href="tables/calibration_summary.tex">LaTeX</a></p>']
+    loc = tables / "localisation_summary.csv"
+    if loc.exists():
+        t = pd.read_csv(loc)
+        measures = ["pointing_hit", "energy_inside", "iou"]
+        for subset in ("correctly classified lesions", "all lesions"):
+            d = t[t["subset"] == subset]
+            if d.empty:
+                continue
+            rows = []
+            for (model, mp), g in d.groupby(["model", "map"], sort=False):
+                g = g.set_index("measure")
+                rows.append((f"<b>{_e(model)}</b>", _e(mp), int(g["n"].max()),
+                             *[_ci(g.loc[m, "value"], g.loc[m, "ci_low"], g.loc[m, "ci_high"]) if m in g.index else "–"
+                               for m in measures]))
+            parts += [f"<h3>Grad-CAM against the lesion masks: {_e(subset)}</h3>",
+                      _table(rows, ("model", "map", "n", "pointing-game hit rate", "energy inside the mask", "IoU"))]
+        parts.append('<p>Each lesion image explained by the fold model that held it out; 95 % group-bootstrap CIs. '
+                     '<a href="tables/localisation_summary.csv">CSV</a> · <a href="tables/localisation_summary.tex">LaTeX</a>'
+                     ' · randomisation sanity check: <a href="tables/localisation_sanity_check.csv">CSV</a></p>')
+    for fig in ("localisation_pointing_game", "calibration_reliability"):
+        if (run_dir / "figures" / f"{fig}.png").exists():
+            parts.append(f'<figure style="max-width:640px"><img src="figures/{fig}.png" alt="{fig}"><figcaption>{fig} · '
+                         f'<a href="figures/{fig}.pdf">PDF</a></figcaption></figure>')
+    return "\n".join(parts) if parts else "<p>No error analysis in this run.</p>"
+
+
 def _figures_section(run_dir: Path) -> str:
     figs = sorted((run_dir / "figures").glob("*.png"))
     if not figs:
@@ -220,6 +266,8 @@ group-bootstrap CIs).</p>
 {_notebooks_section(meta)}
 <h2 id="models">Model comparison</h2>
 {_models_section(run_dir, meta)}
+<h2 id="errors">Calibration and localisation</h2>
+{_errors_section(run_dir)}
 <h2 id="figures">Figures</h2>
 <p>PNG at 300 dpi (click) and PDF, stable file names, for citation.</p>
 {_figures_section(run_dir)}
