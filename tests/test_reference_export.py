@@ -45,3 +45,21 @@ def test_check_against_reference(tmp_path):
     t.to_csv(run / "tables" / "comparison_models.csv", index=False)
     moved = check_against_reference(run, ref).set_index(["model", "metric"])
     assert not moved.loc[("good", "accuracy"), "inside"] and moved.loc[("good", "macro_auc"), "inside"]
+
+
+def test_readme_section_carries_calibration_and_pointing_game(tmp_path):
+    run = _complete_run(tmp_path)
+    pd.DataFrame([{"model": "good", "temperatures": "1.0", **{f"{m}_{w}{s}": v for m, v in (("ece", 0.1), ("log_loss", 0.5))
+                                                              for w in ("before", "after") for s in ("", "_ci_low", "_ci_high")}}]
+                 ).to_csv(run / "tables" / "calibration_summary.csv", index=False)
+    rows = [{"model": "good", "subset": sub, "measure": m, "map": mp, "n": 10, "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1}
+            for sub in ("all lesions", "correctly classified lesions") for m in ("pointing_hit", "energy_inside", "iou")
+            for mp, v in (("Grad-CAM (predicted class)", 0.8 if sub.startswith("correctly") else 0.2),
+                          ("centred Gaussian baseline", 0.4))]
+    pd.DataFrame(rows).to_csv(run / "tables" / "localisation_summary.csv", index=False)
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- reference-results:start -->\n<!-- reference-results:end -->\n")
+    export_reference(run, tmp_path / "reference", readme)
+    text = readme.read_text()
+    assert "| good | 0.100 [0.100, 0.100] | 0.100 [0.100, 0.100] |" in text
+    assert "| good | 10 | 0.800 [0.700, 0.900] | 0.400 [0.300, 0.500] |" in text  # correctly classified subset only

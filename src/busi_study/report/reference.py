@@ -86,9 +86,46 @@ def update_readme(readme: Path, ref_dir: Path) -> None:
     block = (f"{README_START}\n_Generated from `reports/reference/` (run `{meta['run_id']}`, commit "
              f"`{meta['git']['commit'][:12]}`, profile `{meta['profile']}`, {meta['hardware']['cpu_count']} CPU cores, "
              f"GPU: {', '.join(meta['hardware']['gpus']) or 'none'}, notebooks' wall time {wall / 60:.1f} min). Pooled out-of-fold "
-             f"predictions, grouped 5-fold CV, value [95 % group-bootstrap CI]._\n\n{md}\n{README_END}")
+             f"predictions, grouped 5-fold CV, value [95 % group-bootstrap CI]._\n\n{md}\n{_extra_tables(ref_dir)}{README_END}")
     text = re.sub(re.escape(README_START) + r".*?" + re.escape(README_END), lambda _: block, text, flags=re.S)
     readme.write_text(text)
+
+
+def _ci(v: float, lo: float, hi: float) -> str:
+    return "–" if pd.isna(v) else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _extra_tables(ref_dir: Path) -> str:
+    """Markdown: calibration before/after temperature scaling and the pointing game, when present."""
+    out = []
+    cal = ref_dir / "calibration_summary.csv"
+    if cal.exists():
+        c = pd.read_csv(cal)
+        out += ["Calibration (temperature scaling fitted on each fold's validation part):", "",
+                "| model | ECE before | ECE after | log loss before | log loss after |", "|---|---|---|---|---|"]
+        out += [f"| {r['model']} | {_ci(r['ece_before'], r['ece_before_ci_low'], r['ece_before_ci_high'])} | "
+                f"{_ci(r['ece_after'], r['ece_after_ci_low'], r['ece_after_ci_high'])} | "
+                f"{_ci(r['log_loss_before'], r['log_loss_before_ci_low'], r['log_loss_before_ci_high'])} | "
+                f"{_ci(r['log_loss_after'], r['log_loss_after_ci_low'], r['log_loss_after_ci_high'])} |" for _, r in c.iterrows()]
+        out.append("")
+    loc = ref_dir / "localisation_summary.csv"
+    if loc.exists():
+        t = pd.read_csv(loc)
+        t = t[t["subset"] == "correctly classified lesions"]
+        out += ["Do the models look at the lesion? Grad-CAM (predicted class) of correctly classified benign and malignant "
+                "images against their masks, beside a centred Gaussian map:", "",
+                "| model | n | pointing game | baseline | energy inside mask | baseline | IoU | baseline |",
+                "|---|---|---|---|---|---|---|---|"]
+        for model, g in t.groupby("model", sort=False):
+            cells = []
+            for m in ("pointing_hit", "energy_inside", "iou"):
+                for mp in ("Grad-CAM (predicted class)", "centred Gaussian baseline"):
+                    r = g[(g["measure"] == m) & (g["map"] == mp)]
+                    cells.append(_ci(r["value"].iloc[0], r["ci_low"].iloc[0], r["ci_high"].iloc[0]) if len(r) else "–")
+            n = int(g.loc[g["map"] == "Grad-CAM (predicted class)", "n"].max())
+            out.append(f"| {model} | {n} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out) + ("\n" if out else "")
 
 
 def check_against_reference(run_dir: Path, ref_dir: Path, metrics: tuple[str, ...] = CHECK_METRICS) -> pd.DataFrame:
