@@ -207,7 +207,7 @@ def test_benchmark_cached_and_in_loop_see_the_same_features(demo_store):
     assert list(b["way"]) == ["cached features", "frozen base in the loop"]
     assert b["seconds"].gt(0).all() and b["speed_ratio"].iloc[0] > 0
     assert b["max_abs_feature_diff"].iloc[0] < 1e-3  # the head is fed the same numbers both ways
-    assert b["max_abs_prob_diff"].iloc[0] < 0.05     # one short epoch on tiny data: no room to drift
+    assert b["max_abs_prob_diff"].iloc[0] < 1e-3     # same inputs, same batch order: same head
     assert b["accuracy"].notna().all()
 
 

@@ -1,7 +1,9 @@
 """Training on cached views with early stopping, deterministic given the seed.
 
 Each epoch every training image contributes one randomly chosen view (views are cached arrays:
-frozen-network outputs or augmented images). Validation uses view 0 (unaugmented). Early
+frozen-network outputs or augmented images), in an order drawn from the same seeded NumPy
+generator (Keras's own shuffling is not used: its seed depends on how many random ops were
+created before, so two equal models could see different batch orders). Validation uses view 0 (unaugmented). Early
 stopping watches validation loss and restores a *copy* of the best weights.
 """
 
@@ -83,8 +85,10 @@ def train(
     for epoch in range(1, max_epochs + 1):
         t0 = time.perf_counter()
         chosen = rng.integers(0, n_views, size=len(train_idx))
-        x = views[chosen, train_idx]
-        h = model.fit(x, y[train_idx], batch_size=cfg.batch_size, epochs=1, shuffle=True, class_weight=cw, verbose=0)
+        order = rng.permutation(len(train_idx))  # shuffled here, not by Keras: same order on every backend and model
+        x = views[chosen[order], train_idx[order]]
+        h = model.fit(x, y[train_idx[order]], batch_size=cfg.batch_size, epochs=1, shuffle=False, class_weight=cw,
+                      verbose=0)
         row = {"epoch": epoch, "loss": float(h.history["loss"][0]), "accuracy": float(h.history["accuracy"][0])}
         if val_idx is not None and len(val_idx):
             vl, va = model.evaluate(views[0, val_idx], y[val_idx], batch_size=64, verbose=0)
