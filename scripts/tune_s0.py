@@ -25,21 +25,16 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _value(text: str):
-    import yaml
-
-    return yaml.safe_load(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     from busi_study.data.store import ProcessedData
+    from busi_study.errors import ParameterError
+    from busi_study.evaluation.evaluate import arrays
     from busi_study.evaluation.metrics import classification_metrics
-    from busi_study.info import CLASSES
     from busi_study.models.experiment import Experiment
     from busi_study.models.recipes import s0_recipe
-    from busi_study.params import load_profile
+    from busi_study.params import apply_overrides, load_profile, parse_override
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="reference")
@@ -51,12 +46,15 @@ def main(argv: list[str] | None = None) -> int:
 
     params = load_profile(args.profile, REPO / "params")
     grid = {}
-    for item in args.grid:
-        key, _, values = item.partition("=")
-        if key not in params:
-            print(f"error: unknown parameter {key!r}", file=sys.stderr)
-            return 2
-        grid[key] = [_value(v) for v in values.split(",")]
+    try:
+        for item in args.grid:
+            key, _, values = item.partition("=")
+            grid[key] = [parse_override(f"{key}={v}")[1] for v in values.split(",")]
+            for v in grid[key]:
+                apply_overrides(params, {key: v})  # unknown key or wrong type: a clear error
+    except ParameterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     store = ProcessedData(args.data_dir / "processed" / args.dataset)
     splits = store.read("splits")
     splits = splits[splits["seed"] == int(params["seed"])]
@@ -67,10 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         ex = Experiment(recipe, store, seed=int(params["seed"]), progress=False).prepare()
         cv = ex.cross_validate(splits, tta=False)
-        val = cv.val
-        y = val["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
-        m = classification_metrics(y, val[[f"p_{c}" for c in CLASSES]].to_numpy())
-        row = {**setting, "recipe": recipe.name, "n_val": len(val),
+        y, proba, _ = arrays(cv.val)
+        m = classification_metrics(y, proba)
+        row = {**setting, "recipe": recipe.name, "n_val": len(cv.val),
                **{f"val_{k}": round(float(m[k]), 4) for k in ("accuracy", "macro_auc", "auc_malignant", "log_loss")},
                "best_epochs": json.dumps([fm.best_epochs for fm in cv.fold_models]),
                "seconds": round(time.perf_counter() - t0, 1)}

@@ -31,13 +31,6 @@ from .recipes import Recipe
 from .training import TrainConfig, _compile, balanced_class_weight, predict, train
 
 
-def _fold_indices(table: pd.DataFrame, splits: pd.DataFrame, fold: int) -> tuple[np.ndarray, np.ndarray]:
-    pos = {k: i for i, k in enumerate(table["image_id"])}
-    part = splits[splits["fold"] == fold]
-    tr, te = (np.array(sorted(pos[i] for i in part.loc[part["role"] == role, "image_id"])) for role in ("train", "test"))
-    return tr, te
-
-
 def _compare(preprocess, backbone, new_head, images: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray,
              views: np.ndarray, n_views: int, seed: int, view_seed: int, augment: AugmentConfig, cfg: TrainConfig,
              input_size: int, epochs: int) -> dict:
@@ -109,7 +102,8 @@ def cached_vs_in_loop(ex: Experiment, splits: pd.DataFrame, epochs: int, fold: i
     r = ex.recipe
     if r.kind != "frozen_head":
         raise ValueError("the benchmark applies to a head on a frozen backbone")
-    tr, te = _fold_indices(ex.table, splits, fold)
+    idx = ex.fold_indices(splits, fold)
+    tr, te = idx["train"], idx["test"]
     cfg = replace(r.train, epochs=epochs, patience=None)
     images = load_image_array(ex.store, r.input_size, r.preprocessing, progress=False)
     res = _compare(ex.preprocess, ex.backbone, lambda: ex._new_head(ex.views.shape[2:]), images, ex.y, tr, te, ex.views,
@@ -132,7 +126,8 @@ def timing_only(recipe: Recipe, store, splits: pd.DataFrame, epochs: int, n_trai
     if recipe.kind != "frozen_head":
         raise ValueError("the benchmark applies to a head on a frozen backbone")
     ex = Experiment(recipe, store, seed=seed, progress=False)  # not prepared: only its image table and labels
-    tr_all, te_all = _fold_indices(ex.table, splits, fold)
+    idx = ex.fold_indices(splits, fold)
+    tr_all, te_all = idx["train"], idx["test"]
     rng = np.random.default_rng(seed)
     tr = np.sort(rng.choice(tr_all, size=min(n_train, len(tr_all)), replace=False))
     te = np.sort(rng.choice(te_all, size=min(n_test, len(te_all)), replace=False))

@@ -166,15 +166,19 @@ class Experiment:
         return np.mean([predict(fm.model, self.views[v, idx]) for v in views], axis=0)
 
     # ---------- cross-validation ----------
+    def fold_indices(self, splits: pd.DataFrame, fold: int) -> dict[str, np.ndarray]:
+        """Row positions (into ``self.table``) of the train / val / test images of ``fold``."""
+        pos = {k: i for i, k in enumerate(self.table["image_id"])}
+        part = splits[splits["fold"] == fold]
+        return {role: np.array(sorted(pos[i] for i in part.loc[part["role"] == role, "image_id"]), dtype=int)
+                for role in ("train", "val", "test")}
+
     def cross_validate(self, splits: pd.DataFrame, seed: int | None = None, tta: bool = True, on_fold=None) -> CVResult:
         """Run every outer fold of ``splits`` (one seed) and collect out-of-fold predictions."""
         seed = int(splits["seed"].iloc[0]) if seed is None else seed
-        ids = self.table["image_id"].to_numpy()
-        pos = {k: i for i, k in enumerate(ids)}
         oof, oof_tta, val_rows, hist, timing, models = [], [], [], [], [], []
         for fold in sorted(splits["fold"].unique()):
-            part = splits[splits["fold"] == fold]
-            idx = {role: np.array(sorted(pos[i] for i in part.loc[part["role"] == role, "image_id"])) for role in ("train", "val", "test")}
+            idx = self.fold_indices(splits, fold)
             fm = self.fit(idx["train"], idx["val"], seed + 1000 * int(fold))
             p = self.predict(fm, idx["test"])
             oof.append(self._frame(idx["test"], p, fold))

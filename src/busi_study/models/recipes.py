@@ -17,6 +17,11 @@ from .training import TrainConfig
 KINDS = ("scratch", "frozen_head", "finetune")
 
 
+def gradcam_layer_of(backbone: str | None) -> str | None:
+    """Grad-CAM layer of a recipe's backbone: S2's last convolution for the from-scratch CNN."""
+    return "conv3" if backbone is None else get_spec(backbone).gradcam_layer
+
+
 @dataclass(frozen=True)
 class Recipe:
     name: str                                 # stable id, used in file names
@@ -61,7 +66,7 @@ class Recipe:
 
     def gradcam_layer(self) -> str | None:
         """The Grad-CAM layer (None: the backbone's last 4-D layer, found at run time)."""
-        return "conv3" if self.backbone is None else get_spec(self.backbone).gradcam_layer
+        return gradcam_layer_of(self.backbone)
 
     def as_dict(self) -> dict:
         d = asdict(self)

@@ -3,8 +3,8 @@
 Each epoch every training image contributes one randomly chosen view (views are cached arrays:
 frozen-network outputs or augmented images), in an order drawn from the same seeded NumPy
 generator (Keras's own shuffling is not used: its seed depends on how many random ops were
-created before, so two equal models could see different batch orders). Validation uses view 0 (unaugmented). Early
-stopping watches validation loss and restores a *copy* of the best weights.
+created before, so two equal models could see different batch orders). Validation uses view 0
+(unaugmented). Early stopping watches validation loss and restores a *copy* of the best weights.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def _models_section(run_dir: Path, meta: dict) -> str:
             if c == "fold_seconds":
                 cells.append(_e(r.get(c, "")) if isinstance(r.get(c), str) else "–")
             elif c in t.columns and pd.notna(r.get(c)):
-                cells.append(f"{r[c]:.3f}<br><small>[{r[c + '_ci_low']:.3f}, {r[c + '_ci_high']:.3f}]</small>")
+                cells.append(_ci(r[c], r[c + "_ci_low"], r[c + "_ci_high"]))
             else:
                 cells.append("–")
         name = f"<b>{_e(r['model'])}</b>" + (f'<br><span class="bad">⚠ {_e(r["flags"])}</span>' if isinstance(r["flags"], str) and r["flags"] else "")
