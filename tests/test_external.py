@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -267,3 +268,54 @@ def test_evaluate_rejects_bad_options(tiny_model, labelled_folder, tmp_path, cap
     assert "column 'nope' not in the label table" in capsys.readouterr().err
     assert main(["evaluate", str(root), "--labels", str(table), "--model", str(tiny_model), "--out", str(tmp_path / "o"),
                  "--image-column", "file", "--label-column", "diagnosis", "--positive", "cancer"]) == 2
+
+
+# ---------------------------------------------------------------- the shared copy, the report
+
+
+SHARED_BREAST = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "breast").resolve()
+
+
+@pytest.mark.skipif(not SHARED_BREAST.is_dir(), reason="shared BrEaST copy not present")
+def test_shared_copy_is_the_release():
+    d = scan_external(locate(SHARED_BREAST), progress=False)
+    s = d.summary
+    assert s["reference"]["all_match"] and s["reference"]["pixel_identical_images"] == 256
+    assert s["images_per_class"] == {"normal": 4, "benign": 154, "malignant": 98} and s["n_tumour_masks"] == 252
+    assert s["n_patients"] == 256 and s["n_alpha_not_opaque"] == 31 and s["n_colour"] == 163 and d.issues.empty
+
+
+def _external_run(tmp_path, auc=0.8):
+    run = tmp_path / "run"
+    (run / "tables").mkdir(parents=True)
+    rows = [{"model": "m1", "metric": m, "label": m, "value": v, "ci_low": v - 0.05, "ci_high": v + 0.05, "n_valid": 100,
+             "cv_value": v + 0.1, "cv_ci_low": v + 0.05, "cv_ci_high": v + 0.15, "drop": 0.1}
+            for m, v in (("auc", auc), ("sensitivity_spec90", 0.5), ("specificity_spec90", 0.9), ("ece", 0.1),
+                         ("log_loss", 0.7), ("log_loss_T", 0.6), ("ece_T", 0.08))]
+    pd.DataFrame(rows).to_csv(run / "tables" / "external_validation_metrics.csv", index=False)
+    (run / "external_summary.json").write_text(json.dumps({"best": "m1", "n_lesions": 252, "n_malignant": 98,
+                                                           "data": {"dataset": "BrEaST-Lesions_USG", "n_images": 256}}))
+    return run
+
+
+def test_front_page_readme_and_reference_check(tmp_path):
+    from busi_study.report.index import _external_section
+    from busi_study.report.reference import _check_external, _external_markdown
+
+    run = _external_run(tmp_path)
+    page = _external_section(run)
+    assert "m1" in page and "0.800" in page and "BUSI CV 0.900" in page and "best by BUSI CV" in page
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    for f in ("external_summary.json",):
+        (ref / f).write_text((run / f).read_text())
+    (ref / "external_validation_metrics.csv").write_text((run / "tables" / "external_validation_metrics.csv").read_text())
+    md = "\n".join(_external_markdown(ref))
+    assert "| m1 (best by BUSI CV) | 0.800 [0.750, 0.850]<br>BUSI 0.900, drop +0.100" in md
+    same = pd.DataFrame(_check_external(run, ref))
+    assert same["inside"].all() and set(same["metric"]) == {"external_auc", "external_sensitivity_spec90",
+                                                            "external_specificity_spec90", "external_ece"}
+    worse = pd.DataFrame(_check_external(_external_run(tmp_path / "b", auc=0.6), ref)).set_index("metric")
+    assert not worse.loc["external_auc", "inside"]
+    (run / "external_summary.json").write_text(json.dumps({"skipped": "no external data given. Get it from TCIA"}))
+    assert "skipped" in _external_section(run) and "TCIA" in _external_section(run)
