@@ -96,6 +96,7 @@ def test_previous_complete_run_is_the_newest_real_run_not_the_latest_link(tmp_pa
     b = run("b", "2026-01-02T00:00:00+00:00")
     run("c", "2026-01-03T00:00:00+00:00", ok=False)  # failed: not complete
     run("d", "2026-01-04T00:00:00+00:00", profile="default")  # another profile
+    run("reference", "2026-01-05T00:00:00+00:00")  # reports/reference: committed numbers, not a run to extend
     (tmp_path / "latest").symlink_to("b", target_is_directory=True)
     for _ in range(3):  # directory order must not matter
         assert previous_complete_run(tmp_path, True, "smoke", "demo") == b.resolve()

@@ -133,6 +133,8 @@ def previous_complete_run(reports_dir: Path, demo: bool, profile: str, data_sour
     for meta_path in Path(reports_dir).glob("*/run.json"):
         if meta_path.parent.is_symlink():  # reports/latest is a link to one of the runs, not a run
             continue
+        if meta_path.parent.name == "reference":  # committed numbers only (its run.json says ok), not a run to extend
+            continue
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, json.JSONDecodeError):
