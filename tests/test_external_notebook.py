@@ -81,6 +81,8 @@ def test_notebook_full_path_on_demo_layout(crafted_run, tmp_path):
     auc = metrics[metrics["metric"] == "auc"]
     assert auc["value"].between(0, 1).all() and auc["cv_value"].notna().all()
     assert len(pd.read_csv(tables / "external_normal_images.csv")) == 2 * 2  # 2 normals × 2 models
+    called = pd.read_csv(tables / "external_predicted_classes.csv")
+    assert called[["normal", "benign", "malignant"]].to_numpy().sum() == 2 * 20  # every image of both models
     assert set(pd.read_csv(tables / "external_auc_by_subgroup.csv")["by"]) == {"birads_group", "image_type"}
     assert len(pd.read_csv(tables / "external_paired_differences.csv")) == 1
     loc = pd.read_csv(tables / "external_localisation_summary.csv")

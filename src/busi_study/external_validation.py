@@ -133,6 +133,16 @@ def headline(res: ExternalResults, metrics: tuple[str, ...] = ("auc", "sensitivi
     return pd.DataFrame(rows)
 
 
+def predicted_classes(res: ExternalResults) -> pd.DataFrame:
+    """3-class predictions (argmax) against the true label, per model: rows model × label, columns predicted."""
+    parts = []
+    for name, ev in res.evaluations.items():
+        t = pd.crosstab(ev.predictions["label"], ev.predictions["predicted"]).reindex(columns=["normal", "benign", "malignant"],
+                                                                                      fill_value=0)
+        parts.append(t.assign(model=name).reset_index().set_index(["model", "label"]))
+    return pd.concat(parts) if parts else pd.DataFrame()
+
+
 def normal_cases(res: ExternalResults) -> pd.DataFrame:
     """The external set's normal images (not in the binary task), with each model's probabilities."""
     parts = []

@@ -229,6 +229,7 @@ def _external_section(run_dir: Path) -> str:
              '<a href="tables/external_auc_by_subgroup.csv">AUC by BI-RADS group and image type</a> · '
              '<a href="tables/external_paired_differences.csv">paired comparison</a> · '
              '<a href="tables/external_normal_images.csv">the normal images</a> · '
+             '<a href="tables/external_predicted_classes.csv">3-class calls</a> · '
              '<a href="tables/external_localisation_summary.csv">pointing game</a> · '
              '<a href="html/08_external_validation.html">notebook</a></p>']
     fig = "external_roc_reliability"
