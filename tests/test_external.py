@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from busi_study.data.breast import ExternalDataUnavailable, birads_group, locate, scan_external
 from busi_study.data.breast_demo import make_demo_external
-from busi_study.data.reference import load_reference
+from busi_study.data.release_check import load_reference
 from busi_study.evaluation.external import (
     binary_table,
     busi_cv_table,
@@ -300,7 +300,7 @@ def _external_run(tmp_path, auc=0.8):
 
 def test_front_page_readme_and_reference_check(tmp_path):
     from busi_study.report.index import _external_section
-    from busi_study.report.reference import _check_external, _external_markdown
+    from busi_study.report.reference_results import _check_external, _external_markdown
 
     run = _external_run(tmp_path)
     page = _external_section(run)

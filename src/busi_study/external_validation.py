@@ -23,6 +23,7 @@ from .data.breast import ExternalData
 from .evaluation.bootstrap import resample_weights
 from .evaluation.external import busi_cv_table, paired_auc_difference, settings_from_validation, subgroup_auc, with_drop
 from .external import FolderEvaluation, LabelledFolder, evaluate_model
+from .results import RECORD, TABLES, ResultsStore
 
 #: Metrics of the headline table, in order, with the label a reader sees.
 HEADLINE = {
@@ -61,18 +62,17 @@ class ExternalResults:
 
 def final_models(report_dir: Path) -> tuple[list[FinalModel], list[str]]:
     """Exported final models that have a card and BUSI CV predictions; and why others are left out."""
-    report_dir = Path(report_dir)
+    store = ResultsStore(report_dir)
     found, skipped = [], []
-    for path in sorted((report_dir / "models").glob("*.keras")):
-        res = report_dir / "results" / path.stem
+    for path in sorted(store.models_dir.glob("*.keras")):
+        res = store.model_dir(path.stem)
         card = path.with_suffix(".json")
-        missing = [str(f.relative_to(report_dir)) for f in (card, res / "oof.csv", res / "val_predictions.csv", res / "metrics.json")
-                   if not f.exists()]
+        need = (card, res / RECORD, res / TABLES["oof"], res / TABLES["val"])
+        missing = [str(f.relative_to(store.report_dir)) for f in need if not f.exists()]
         if missing:
             skipped.append(f"{path.stem}: missing {', '.join(missing)}")
             continue
-        recipe = json.loads((res / "metrics.json").read_text()).get("recipe", {})
-        found.append(FinalModel(path.stem, path, json.loads(card.read_text()), res, recipe))
+        found.append(FinalModel(path.stem, path, json.loads(card.read_text()), res, store.load(path.stem).recipe))
     return found, skipped
 
 
@@ -96,7 +96,7 @@ def run_external(report_dir: Path, data: ExternalData, n_resamples: int = 2000, 
     folder = labelled_folder(data)
     evs, rows, settings_rows, cv_auc = {}, [], [], {}
     for fm in tqdm(models, desc="external validation", disable=not progress):
-        val, oof = pd.read_csv(fm.results_dir / "val_predictions.csv"), pd.read_csv(fm.results_dir / "oof.csv")
+        val, oof = pd.read_csv(fm.results_dir / TABLES["val"]), pd.read_csv(fm.results_dir / TABLES["oof"])
         s = settings_from_validation(val, "malignant", ("benign",))
         model, _ = load_model(fm.path)
         ev = evaluate_model(model, fm.name, folder, s, "malignant", ("benign",), n_resamples, seed)

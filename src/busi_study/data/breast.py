@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ..errors import DataSourceError
 from ..info import BREAST, CLASS_INDEX
 from .manifest import IMAGE_SUFFIXES, _inspect, _natural_key
-from .reference import check_against_reference, load_reference, summarise_reference_check
+from .release_check import check_against_reference, load_reference, summarise_reference_check
 
 CASE_RE = re.compile(r"^case(?P<num>\d+)(?:_(?P<suffix>tumor|other\d+))?\.(?:png|jpe?g|bmp|tiff?)$", re.I)
 #: Files a copy may hold besides images and masks (tables, checksums, notes): not reported.
