@@ -174,6 +174,12 @@ def test_busi_cv_table_and_drop_and_paired_and_subgroups():
     cv = busi_cv_table(oof, oof, n_resamples=100)
     lesion = labels != "normal"
     assert cv.set_index("metric").loc["auc", "value"] == pytest.approx(roc_auc_score(labels[lesion] == "malignant", score[lesion]))
+    # the ratio-score AUC is the study's own benign_vs_malignant_auc on the same predictions
+    from busi_study.evaluation.metrics import classification_metrics
+
+    y3 = pd.Series(labels).map({"normal": 0, "benign": 1, "malignant": 2}).to_numpy()
+    assert cv.set_index("metric").loc["auc_ratio_score", "value"] == pytest.approx(
+        classification_metrics(y3, pr / pr.sum(axis=1, keepdims=True))["benign_vs_malignant_auc"])
     ext = cv.assign(value=cv["value"] - 0.1)
     drop = with_drop(ext, cv).set_index("metric")
     assert drop.loc["auc", "drop"] == pytest.approx(0.1)
