@@ -192,7 +192,9 @@ def test_busi_cv_table_and_drop_and_paired_and_subgroups():
                        n_resamples=100)
     assert set(sub["subgroup"]) == {"odd", "even"} and sub["n"].sum() == lesion.sum()
     one_class = subgroup_auc(np.full(5, 1), np.arange(5.0), np.arange(5), ["x"] * 5, n_resamples=10)
-    assert np.isnan(one_class["auc"].iloc[0])
+    assert np.isnan(one_class["auc"].iloc[0]) and one_class["note"].iloc[0] == "no AUC: one class only"
+    few = subgroup_auc(np.r_[np.full(6, 1), 2], np.arange(7.0), np.arange(7), ["x"] * 7, n_resamples=10)
+    assert few["note"].iloc[0] == "unstable: only 1 of one class"
 
 
 # ---------------------------------------------------------------- evaluate command
