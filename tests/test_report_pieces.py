@@ -126,3 +126,15 @@ def test_notebook_views_save_and_title(tmp_path, monkeypatch):
     assert isinstance(shown[-1], pd.DataFrame) and shown[-1]["v"].iloc[0] == 0.123
     with pytest.raises(FileNotFoundError):
         StudyNotebook.open(tmp_path / "run2", tmp_path / "nodata", demo=False)
+
+
+def test_model_section_states_the_protocol_the_results_ran(tmp_path):
+    """--set n_splits=10 on a partial run must not relabel results that came from 5 folds."""
+    (tmp_path / "tables").mkdir()
+    row = {"model": "m", "backbone": "b", "weights": "w", "n": 10, "status": "trained", "flags": "",
+           "protocol": "grouped 5-fold CV (StratifiedGroupKFold), seed 42, pooled out-of-fold", "fold_seconds": "1 2"}
+    pd.DataFrame([row]).to_csv(tmp_path / "tables" / "comparison_models.csv", index=False)
+    m = meta()
+    m["params"] = {"n_splits": 10, "bootstrap_resamples": 200}
+    page = write_index(tmp_path, m).read_text()
+    assert "grouped 5-fold CV" in page and "10-fold" not in page
