@@ -78,7 +78,7 @@ class Experiment:
         r = self.recipe
         key = cache_key(what, r.backbone, sorted(r.backbone_kwargs.items()), r.weights, r.input_size, r.unfreeze_blocks,
                         r.n_views, self.seed, r.augment.key(), r.preprocessing, sha256_of(self.store.manifest))
-        return self.store.folder / "features" / f"{r.backbone or 'images'}-{what}-{key}.npy"
+        return self.store.cache_dir / "features" / f"{r.backbone or 'images'}-{what}-{key}.npy"
 
     def prepare(self) -> Experiment:
         """Build the frozen networks and compute (or load) the cached views."""

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from ..data.store import ProcessedData, sha256_of, write_json
+from ..data.store import ProcessedData, atomic_path, sha256_of, write_json
 from ..evaluation.evaluate import Evaluation, evaluate, wide_row
 from ..evaluation.metrics import classification_metrics
 from ..info import CLASSES
@@ -84,13 +84,21 @@ def run_model(recipe: Recipe, store: ProcessedData, report_dir: Path, params: di
     out.mkdir(parents=True, exist_ok=True)
     (out / "SKIPPED.json").unlink(missing_ok=True)
     for k, fm in enumerate(cv.fold_models):
-        ex.full_model(fm).save(out / f"fold{k}.keras")
+        with atomic_path(out / f"fold{k}.keras") as tmp:  # never in place (an --only run may hard-link it)
+            ex.full_model(fm).save(tmp)
     if params.get("export_models", True):
         t0 = time.perf_counter()
         run.exported = export_final(ex, cv, ev, report_dir, store, params)
         run.timing["final_model_s"] = round(time.perf_counter() - t0, 1)
     write_results(run, store, params)
     return run
+
+
+def data_hashes(store: ProcessedData) -> dict:
+    """What a result was made from: manifest and splits hashes and the processed-data folder
+    (checked by ``provenance`` whenever the result is read or carried over)."""
+    return {"data_manifest_sha256": sha256_of(store.manifest), "data_splits_sha256": sha256_of(store.splits),
+            "data_folder": str(store.folder)}
 
 
 def final_epochs(cv: CVResult) -> list[int]:
@@ -116,7 +124,7 @@ def model_card(recipe: Recipe, ev: Evaluation, store: ProcessedData, epochs: lis
         "cv_metrics": {"protocol": f"grouped {params['n_splits']}-fold CV, seed {params['seed']}, pooled out-of-fold; "
                                    f"95% group-bootstrap CI ({params['bootstrap_resamples']} resamples)",
                        **wide_row(ev.pooled)},
-        "data_manifest_sha256": sha256_of(store.manifest),
+        **data_hashes(store),
         "git": metadata.git_info(Path(__file__).resolve().parents[3]),
         "not_for_clinical_use": True,
     }
@@ -130,7 +138,8 @@ def export_final(ex: Experiment, cv: CVResult, ev: Evaluation, report_dir: Path,
     out = Path(report_dir) / "models"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{ex.recipe.name}.keras"
-    model.save(path)
+    with atomic_path(path) as tmp:
+        model.save(tmp)
     write_json(model_card(ex.recipe, ev, store, epochs, params), path.with_suffix(".json"))
     return path
 
@@ -138,13 +147,12 @@ def export_final(ex: Experiment, cv: CVResult, ev: Evaluation, report_dir: Path,
 def write_results(run: ModelRun, store: ProcessedData, params: dict) -> None:
     """Predictions, histories, timing and metrics (JSON + CSV) under ``results/<name>/``."""
     out, cv, ev = run.results_dir, run.cv, run.evaluation
-    cv.oof.to_csv(out / "oof.csv", index=False)
-    cv.val.to_csv(out / "val_predictions.csv", index=False)
-    if cv.oof_tta is not None:
-        cv.oof_tta.to_csv(out / "oof_tta.csv", index=False)
-    cv.history.to_csv(out / "history.csv", index=False)
-    ev.pooled.to_csv(out / "metrics_pooled.csv", index=False)
-    ev.per_fold.to_csv(out / "metrics_per_fold.csv", index=False)
+    tables = {"oof": cv.oof, "val_predictions": cv.val, "oof_tta": cv.oof_tta, "history": cv.history,
+              "metrics_pooled": ev.pooled, "metrics_per_fold": ev.per_fold}
+    for name, df in tables.items():
+        if df is not None:
+            with atomic_path(out / f"{name}.csv") as tmp:
+                df.to_csv(tmp, index=False)
     record = {
         "model": run.recipe.name, "title": run.recipe.title, "recipe": run.recipe.as_dict(),
         "weights": run.recipe.weights_label, "backbone": run.recipe.backbone_label,
@@ -162,7 +170,7 @@ def write_results(run: ModelRun, store: ProcessedData, params: dict) -> None:
         "final_epochs": final_epochs(cv),
         "exported_model": str(run.exported) if run.exported else None,
         "bootstrap": {"resamples": params["bootstrap_resamples"], "seed": params["bootstrap_seed"], "ci": 0.95},
-        "data_manifest_sha256": sha256_of(store.manifest),
+        **data_hashes(store),
         "git": metadata.git_info(Path(__file__).resolve().parents[3]),
         "packages": metadata.package_versions(),
         "hardware": metadata.hardware(),
