@@ -167,6 +167,7 @@ def write_results(run: ModelRun, store: ProcessedData, params: dict) -> None:
         "tta": None if ev.tta is None else ev.tta.to_dict(orient="records"),
         "confusion_counts": ev.confusion_counts.to_dict(),
         "timing": run.timing,
+        "determinism": run.experiment.determinism if run.experiment else None,
         "final_epochs": final_epochs(cv),
         "exported_model": str(run.exported) if run.exported else None,
         "bootstrap": {"resamples": params["bootstrap_resamples"], "seed": params["bootstrap_seed"], "ci": 0.95},

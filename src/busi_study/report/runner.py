@@ -32,6 +32,7 @@ from typing import Any
 from ..data.store import write_json, write_text
 from ..errors import ParameterError, ProvenanceError, StudyError, from_os_error
 from ..info import DEMO_BANNER
+from ..models.determinism import export_environment
 from . import metadata
 
 NOTEBOOK_RE = re.compile(r"^(?P<num>\d\d)_[A-Za-z0-9_]+\.ipynb$")
@@ -323,6 +324,7 @@ def run_study(cfg: RunConfig) -> int:
 
     kernel = _kernel(cfg.kernel_name)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # kernels inherit it: no TensorFlow banner in the notebooks
+    determinism_env = export_environment()  # PYTHONHASHSEED, TF_DETERMINISTIC_OPS for the kernels
     base_params = {
         **cfg.params,
         "data_dir": str(data_dir),
@@ -343,6 +345,7 @@ def run_study(cfg: RunConfig) -> int:
         "kernel": kernel,
         "demo": cfg.demo,
         "partial_of": previous.name if (partial and previous) else None,
+        "determinism_environment": determinism_env,
     }
     status: dict[str, dict] = dict(carried)
     t_run = time.perf_counter()
