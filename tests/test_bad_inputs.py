@@ -259,6 +259,15 @@ def test_predict_out_is_a_folder(capsys, tmp_path, demo_root):
         "is a folder")
 
 
+def test_predict_out_in_a_read_only_folder(capsys, monkeypatch, tmp_path, demo_root):
+    import busi_study.predict as pr
+
+    monkeypatch.setattr(pr.os, "access", lambda path, mode: Path(path) != tmp_path)  # as on a read-only mount
+    cli(capsys, ["predict", str(demo_root / "benign"), "--model", str(tmp_path / "m.keras"), "--out", str(tmp_path / "p.csv")],
+        "not writable")
+    assert not (tmp_path / "p.csv").exists()
+
+
 def test_predict_no_images(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     cli(capsys, ["predict", str(tmp_path / "empty"), "--model", str(tmp_path / "m.keras")], "no image files found")
@@ -432,17 +441,24 @@ def test_clean_failed_removes_failed_and_interrupted_runs_only(tmp_path, fake_pa
     ref = tmp_path / "reports" / "reference"
     ref.mkdir()
     (ref / "comparison_models.csv").write_text("model\n")
+    legacy = tmp_path / "reports" / "20250101T000000Z-smoke-demo"  # finished by the runner before markers existed
+    legacy.mkdir()
+    (legacy / "run.json").write_text(json.dumps({"ok": True, "started_utc": "2025-01-01"}))
+    old_interrupted = tmp_path / "reports" / "20250102T000000Z-smoke-demo"  # old runner, Ctrl-C: RUNNING left behind
+    old_interrupted.mkdir()
+    (old_interrupted / "run.json").write_text(json.dumps({"ok": True, "started_utc": "2025-01-02"}))
+    (old_interrupted / "RUNNING").write_text("started 2025-01-02\n")
     fake_papermill["00_download"] = KeyboardInterrupt()
     assert _run(tmp_path) == 130
     fake_papermill["00_download"] = RuntimeError("boom")
     assert _run(tmp_path) == 1
-    assert len(runner.failed_runs(tmp_path / "reports")) == 2
-    before = digest(good, ref)
+    assert len(runner.failed_runs(tmp_path / "reports")) == 3
+    before = digest(good, ref, legacy)
     assert _run(tmp_path, "--clean-failed") == 0
     out = capsys.readouterr().out
-    assert "2 failed or incomplete run(s) removed" in out
+    assert "3 failed or incomplete run(s) removed" in out and not old_interrupted.exists()
     assert runner.failed_runs(tmp_path / "reports") == []
-    assert digest(good, ref) == before and (tmp_path / "reports" / "latest").resolve() == good
+    assert digest(good, ref, legacy) == before and (tmp_path / "reports" / "latest").resolve() == good
 
 
 def test_console_shows_the_data_check(tmp_path, fake_papermill, capsys, prepared):
@@ -538,12 +554,13 @@ KINDS = [
     "file: same-stem x.png + x.tif", "param: unknown profile", "param: unknown key", "param: wrong type",
     "param: malformed --set", "param: unknown notebook", "param: --data missing", "param: broken profile YAML",
     "predict: model missing", "predict: corrupt model", "predict: not a .keras file", "predict: model of another task",
-    "predict: --out in a missing folder", "predict: --out is a folder", "predict: no images",
+    "predict: --out in a missing folder", "predict: --out is a folder", "predict: --out folder read-only",
+    "predict: no images",
     "fs: full disk writing --out", "fs: read-only --out", "fs: no permission for --out", "fs: read-only reports folder",
     "fs: full disk starting a run", "fs: full disk during check-data", "runner: interrupted run",
     "runner: --only links, earlier run unchanged", "runner: --clean-failed", "provenance: report without data",
     "provenance: two datasets", "provenance: changed splits", "provenance: results of other splits",
-    "provenance: --only 00 with new splits beside old results",
+    "provenance: --only 00 with new splits beside old results", "runner: legacy runs kept by --clean-failed",
 ]
 
 

@@ -63,5 +63,6 @@ def from_os_error(exc: OSError, path: Path | str | None = None, action: str = "w
     reason = _OS_REASONS.get(getattr(exc, "errno", None))
     if reason is None:
         return None
-    where = path if path is not None else (exc.filename or "?")
-    return StorageError(f"cannot {action} {where}: {reason[0]} — {reason[1]}")
+    where = path if path is not None else exc.filename
+    target = f"{action} {where}" if where else f"{action} a file"
+    return StorageError(f"cannot {target}: {reason[0]} — {reason[1]}")

@@ -12,6 +12,7 @@ run) give a fold ensemble: the mean of their probabilities.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -74,6 +75,9 @@ def check_out_path(out: Path) -> None:
         raise StudyError(f"--out {out} is a folder — give a file name such as {out / 'predictions.csv'}")
     if not out.parent.is_dir():
         raise StudyError(f"--out {out}: the folder {out.parent} does not exist — create it first or choose another path")
+    if not os.access(out.parent, os.W_OK):
+        raise StudyError(f"--out {out}: the folder {out.parent} is not writable (read-only or no permission) — choose "
+                         "another path")
 
 
 def write_table(table: pd.DataFrame, out: Path) -> None:

@@ -151,6 +151,20 @@ def is_complete(run_dir: Path) -> bool:
     return marker.get("run_id") == run_dir.name
 
 
+def is_legacy_complete(run_dir: Path) -> bool:
+    """A run finished by a runner from before completion markers: run.json says ok and neither
+    RUNNING nor FAILED.txt is there. Never built on (its results carry no split hashes), never
+    removed by ``--clean-failed``."""
+    run_dir = Path(run_dir)
+    if (run_dir / COMPLETE).exists() or (run_dir / "RUNNING").exists() or (run_dir / "FAILED.txt").exists():
+        return False
+    try:
+        meta = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(meta.get("ok")) and "interrupted" not in meta
+
+
 def _runs(reports_dir: Path) -> list[Path]:
     """Run folders (not ``latest``, not ``reference``, not hidden)."""
     if not Path(reports_dir).is_dir():
@@ -181,7 +195,7 @@ def failed_runs(reports_dir: Path) -> list[Path]:
     latest = Path(reports_dir) / "latest"
     keep = latest.resolve() if latest.exists() else None
     return [p for p in _runs(reports_dir)
-            if not is_complete(p) and p.resolve() != keep and not _running_pid_alive(p)]
+            if not is_complete(p) and not is_legacy_complete(p) and p.resolve() != keep and not _running_pid_alive(p)]
 
 
 def clean_failed(reports_dir: Path, say=print) -> list[Path]:
