@@ -566,3 +566,11 @@ KINDS = [
 
 def test_at_least_25_kinds():
     assert len(KINDS) >= 25
+
+
+def test_runner_environment_for_deterministic_kernels_respects_user_values():
+    from busi_study.models.determinism import ENVIRONMENT, export_environment
+
+    env = {"PYTHONHASHSEED": "123"}
+    got = export_environment(env)
+    assert got["PYTHONHASHSEED"] == "123" and got["TF_DETERMINISTIC_OPS"] == ENVIRONMENT["TF_DETERMINISTIC_OPS"] == "1"
