@@ -24,13 +24,24 @@ from PIL import Image
 from busi_study.cli import main, run_all_main
 from busi_study.data.images import read_gray, read_rgb
 from busi_study.data.manifest import scan_dataset
-from busi_study.data.prepare import prepare_data
+from busi_study.data.prepare import prepare_data as _prepare_data
 from busi_study.data.store import ProcessedData
 from busi_study.errors import ProvenanceError, StudyError
 from busi_study.report import runner
 
 
 # ---------------------------------------------------------------- helpers
+def prepare_data(source: str, data_dir: Path, progress: bool = False, **data_overrides):
+    """The data path with the default profile's parameters, on ``source``."""
+    import dataclasses
+
+    from busi_study.cli import REPO
+    from busi_study.params import StudyParams
+
+    p = StudyParams.from_profile("default", REPO / "params", {"data_source": source})
+    return _prepare_data(dataclasses.replace(p.data, **data_overrides), p.splits, p.seed, data_dir, progress=progress)
+
+
 def digest(*roots: Path) -> dict[str, str]:
     """path -> sha256 (or link target) of every file below ``roots``: 'nothing changed' checks."""
     out = {}

@@ -10,7 +10,7 @@ frozen-network outputs; their file names carry the manifest hash) live in
 
 Each step of the data path writes one file that the next step (and every later notebook)
 reads; nothing is recomputed downstream. Notebooks after 00 open the store of *their run*
-with :meth:`ProcessedData.of_run`, which checks the recorded hashes (see ``provenance``).
+with :meth:`ProcessedData.of_run`, which checks the recorded hashes (see ``consistency``).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class ProcessedData:
         """The processed data *this run* made (``report_dir/data_summary.json``), after checking
         that its manifest and splits, and every model result in the report, carry the recorded
         hashes; a mismatch is a one-line :class:`~busi_study.errors.ProvenanceError`."""
-        from .provenance import open_run_data
+        from .consistency import open_run_data
 
         return open_run_data(report_dir, data_dir)
 

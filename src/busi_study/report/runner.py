@@ -5,7 +5,7 @@ succeeded, so a failed run never touches the previous complete report.
 
 A run is *complete* only when this runner has written ``COMPLETE.json`` in its folder, last and
 atomically (temporary file + ``os.replace``), after every notebook succeeded and the data and
-model results were checked to belong together (``data.provenance``). A failed or interrupted
+model results were checked to belong together (``data.consistency``). A failed or interrupted
 run (Ctrl-C) never gets it, so it is never built on.
 
 ``--only``/``--from`` runs start from the newest complete run with the same data and profile
@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import provenance
 from ..data.store import write_json, write_text
 from ..errors import ParameterError, ProvenanceError, StudyError, from_os_error
 from ..info import DEMO_BANNER
 from ..models.determinism import export_environment
-from . import metadata
 
 NOTEBOOK_RE = re.compile(r"^(?P<num>\d\d)_[A-Za-z0-9_]+\.ipynb$")
 KERNEL_NAME = "busi-study"
@@ -352,10 +352,10 @@ def run_study(cfg: RunConfig) -> int:
         "profile": cfg.profile,
         "command": " ".join(cfg.argv) if cfg.argv else None,
         "started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "git": metadata.git_info(repo),
+        "git": provenance.git_info(repo),
         "params": base_params,
-        "packages": metadata.package_versions(),
-        "hardware": metadata.hardware(),
+        "packages": provenance.package_versions(),
+        "hardware": provenance.hardware(),
         "kernel": kernel,
         "demo": cfg.demo,
         "partial_of": previous.name if (partial and previous) else None,
@@ -450,8 +450,8 @@ def run_study(cfg: RunConfig) -> int:
 
 
 def check_report_data(run_dir: Path) -> dict | None:
-    """Data summary vs processed files vs model results of a finished run (``data.provenance``)."""
-    from ..data.provenance import check_report
+    """Data summary vs processed files vs model results of a finished run (``data.consistency``)."""
+    from ..data.consistency import check_report
 
     return check_report(run_dir)
 
