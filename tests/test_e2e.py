@@ -121,6 +121,17 @@ def test_models_results_exports_and_comparison(study):
         assert (bench.loc[bench["backbone"] == "resnet50", "weights"] == "random init (timing only)").sum() == 2
 
 
+def test_external_validation_skips_without_external_data(study):
+    # the demo run has no BrEaST copy: notebook 08 runs, says where to get it, and skips; the page says so
+    _, _, run = study
+    nb = json.loads((run / "notebooks" / "08_external_validation.ipynb").read_text())
+    text = "".join("".join(o.get("text", "")) for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []))
+    assert "skipped: no external data given" in text and "--external PATH" in text
+    index = (run / "index.html").read_text()
+    section = index[index.index('id="external"'):index.index('id="figures"')]
+    assert "skipped" in section and "cancerimagingarchive" in section
+
+
 def test_index_links_resolve_and_page_says_demo(study):
     _, _, run = study
     index = (run / "index.html").read_text()

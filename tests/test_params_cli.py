@@ -101,6 +101,7 @@ def test_previous_complete_run_is_the_newest_real_run_not_the_latest_link(tmp_pa
     run("e", "2026-01-05T00:00:00+00:00", marker=False)  # a run.json saying ok (e.g. copied into an interrupted run)
     f = run("f", "2026-01-06T00:00:00+00:00", marker=False)
     (f / "COMPLETE.json").write_text(json.dumps({"run_id": "b"}))  # a marker carried over from another run
+    run("reference", "2026-01-05T00:00:00+00:00")  # reports/reference: committed numbers, not a run to extend
     (tmp_path / "latest").symlink_to("b", target_is_directory=True)
     for _ in range(3):  # directory order must not matter
         assert previous_complete_run(tmp_path, True, "smoke", "demo") == b.resolve()

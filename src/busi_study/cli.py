@@ -40,6 +40,7 @@ examples:
   run_all.py --only 01                                    # rerun one notebook, reuse the rest
   run_all.py --from 00 --set phash_threshold=8            # rerun from 00 with one parameter changed
   run_all.py --clean-failed                               # remove failed / interrupted runs
+  run_all.py --only 08 --external ~/BrEaST-Lesions_USG    # external validation of the last run's models
 
 Parameters come from params/<profile>.yaml; --seed and --set override them. Each run writes
 reports/<run-id>/ (executed notebooks, HTML, figures/, tables/, index.html); reports/latest
@@ -59,6 +60,8 @@ def build_run_all_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--data", metavar="PATH", help="BUSI folder (Dataset_BUSI_with_GT or its parent) or a .zip of it")
     src.add_argument("--demo", action="store_true", help="run on synthetic phantoms (DEMO DATA, not clinical)")
+    p.add_argument("--external", metavar="PATH", help="BrEaST-Lesions_USG folder for the external validation (testing only; "
+                                                      "PROTOCOL.md §9); without it that notebook says so and skips")
     p.add_argument("--profile", default="default", help="parameter profile in params/ (default, smoke, …)")
     p.add_argument("--only", nargs="+", metavar="NB", help="run only these notebooks (numbers or names: 00 01)")
     p.add_argument("--from", dest="start_from", metavar="NB", help="run from this notebook to the end")
@@ -107,6 +110,12 @@ def _run_all(argv: list[str] | None) -> int:
                 raise StudyError(f"--data {args.data}: no such file or folder — give the path of Dataset_BUSI_with_GT "
                                  "(a folder or a .zip), or use --demo")
             overrides["data_source"] = str(path.resolve())
+        if args.external:
+            ext = Path(args.external).expanduser()
+            if not ext.exists():
+                raise StudyError(f"--external {args.external}: no such folder — give the BrEaST-Lesions_USG folder "
+                                 "(caseNNN.png files and the clinical table)")
+            overrides["external_data"] = str(ext.resolve())
         params = apply_overrides(params, overrides)
         if args.list:
             for nb in select_notebooks(discover_notebooks(REPO / "notebooks"), args.only, args.start_from):
@@ -146,7 +155,7 @@ def check_reference_main(reports_dir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m busi_study {check-data,demo,predict} …``."""
+    """``python -m busi_study {check-data,demo,predict,evaluate,export-reference} …``."""
     try:
         return one_line_errors(_tools, argv)
     except KeyboardInterrupt:
@@ -170,6 +179,22 @@ def _tools(argv: list[str] | None) -> int:
                    help="an exported model, e.g. reports/latest/models/NAME.keras; several files (e.g. "
                         "reports/latest/results/NAME/fold*.keras) give a fold ensemble, the mean of their probabilities")
     q.add_argument("--out", type=Path, help="CSV to write (default: print to stdout)")
+    v = sub.add_parser("evaluate", help="metrics with CIs of an exported model on a labelled folder of images (external validation)")
+    v.add_argument("folder", type=Path, help="folder of images (searched recursively for the names in the label table)")
+    v.add_argument("--labels", required=True, type=Path, help="label table (CSV or xlsx): one row per image")
+    v.add_argument("--model", required=True, type=Path, help="an exported model, e.g. reports/latest/models/NAME.keras")
+    v.add_argument("--out", required=True, type=Path, help="folder for predictions.csv, metrics.json, metrics_table.csv, figures")
+    v.add_argument("--image-column", default="Image_filename", help="column naming the image file (default: Image_filename)")
+    v.add_argument("--label-column", default="Classification", help="column with normal/benign/malignant (default: Classification)")
+    v.add_argument("--group-column", help="column with the patient id (bootstrap unit; default: one image per patient)")
+    v.add_argument("--positive", default="malignant", help="positive class (default: malignant); score p_<positive>")
+    v.add_argument("--negative", nargs="+", help="negative class(es) (default: every other class)")
+    v.add_argument("--settings-from", type=Path, help="reports/<run>/results/<model>: temperature and thresholds from its "
+                                                      "validation predictions (never from these images)")
+    v.add_argument("--threshold", action="append", metavar="NAME=VALUE", help="a fixed threshold on p_<positive> (repeatable)")
+    v.add_argument("--temperature", type=float, help="a fixed temperature")
+    v.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    v.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     e = sub.add_parser("export-reference", help="copy a complete run's numbers to reports/reference/ and update the README")
     e.add_argument("run", nargs="?", type=Path, default=REPO / "reports" / "latest")
     args = p.parse_args(argv)
@@ -179,6 +204,13 @@ def _tools(argv: list[str] | None) -> int:
         files = export_reference(args.run, REPO / "reports" / "reference", REPO / "README.md")
         print(f"{len(files)} files written to {REPO / 'reports' / 'reference'}; README results section updated")
         return 0
+    if args.cmd == "evaluate":
+        import os
+
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from .external import main as evaluate_main
+
+        return evaluate_main(args)
     if args.cmd == "predict":
         import os
 

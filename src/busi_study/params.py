@@ -229,6 +229,15 @@ class ExplainParams:
     gallery_per_pair: int
 
 
+@dataclasses.dataclass(frozen=True)
+class ExternalParams:
+    """External validation (PROTOCOL §9): the BrEaST-Lesions_USG folder (None: not given) and the gallery size."""
+
+    PREFIX: ClassVar[str] = "external_"
+    data: str | None
+    gallery: int
+
+
 #: Single values used across sections: the split seed (also seeds views, initialisation and
 #: batch order) and the figure resolution.
 SCALARS: dict[str, type] = {"seed": int, "figure_dpi": int}
@@ -237,7 +246,7 @@ SCALARS: dict[str, type] = {"seed": int, "figure_dpi": int}
 SECTIONS: dict[str, type] = {
     "data": DataParams, "splits": SplitParams, "figures": FigureParams, "models": ModelParams,
     "augment": AugmentParams, "bootstrap": BootstrapParams, "source": SourceProtocolParams, "s2": S2Params,
-    "s3": S3Params, "benchmark": BenchmarkParams, "s0": S0Params, "explain": ExplainParams,
+    "s3": S3Params, "benchmark": BenchmarkParams, "s0": S0Params, "explain": ExplainParams, "external": ExternalParams,
 }
 
 
@@ -339,6 +348,7 @@ class StudyParams:
     benchmark: BenchmarkParams | None = None
     s0: S0Params | None = None
     explain: ExplainParams | None = None
+    external: ExternalParams | None = None
 
     @classmethod
     def from_flat(cls, flat: dict[str, Any], partial: bool = False) -> StudyParams:
