@@ -19,6 +19,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from ..data.store import ProcessedData, sha256_of, write_json
+from ..evaluation.deployment import decision_settings
 from ..evaluation.evaluate import Evaluation, evaluate, wide_row
 from ..evaluation.metrics import classification_metrics
 from ..info import CLASSES
@@ -99,7 +100,10 @@ def final_epochs(cv: CVResult) -> list[int]:
     return [max(1, int(round(float(np.median(per_phase[:, j]))))) for j in range(per_phase.shape[1])]
 
 
-def model_card(recipe: Recipe, ev: Evaluation, store: ProcessedData, epochs: list[int], params: dict) -> dict:
+def model_card(recipe: Recipe, ev: Evaluation, store: ProcessedData, epochs: list[int], params: dict,
+               val: pd.DataFrame | None = None) -> dict:
+    """The JSON card saved beside an exported model; ``val`` (the folds' validation predictions)
+    adds the temperature and malignant thresholds the app uses (``evaluation.deployment``)."""
     return {
         "model": recipe.name,
         "title": recipe.title,
@@ -118,6 +122,8 @@ def model_card(recipe: Recipe, ev: Evaluation, store: ProcessedData, epochs: lis
                        **wide_row(ev.pooled)},
         "data_manifest_sha256": sha256_of(store.manifest),
         "git": metadata.git_info(Path(__file__).resolve().parents[3]),
+        "gradcam_layer": recipe.gradcam_layer(),
+        "decision": None if val is None or val.empty else decision_settings(val),
         "not_for_clinical_use": True,
     }
 
@@ -131,7 +137,7 @@ def export_final(ex: Experiment, cv: CVResult, ev: Evaluation, report_dir: Path,
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{ex.recipe.name}.keras"
     model.save(path)
-    write_json(model_card(ex.recipe, ev, store, epochs, params), path.with_suffix(".json"))
+    write_json(model_card(ex.recipe, ev, store, epochs, params, cv.val), path.with_suffix(".json"))
     return path
 
 

@@ -1,0 +1,65 @@
+"""Start the app: ``python -m busi_study.app [--model PATH] [--reports DIR] [--port N]``.
+
+Serves on 127.0.0.1 only (never on the network), headless, with usage statistics off and no
+file watcher; prints the address. ``make app`` runs this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+HOST = "127.0.0.1"
+MAIN = Path(__file__).with_name("main.py")
+
+
+def free_port(preferred: int | None = None) -> int:
+    """``preferred`` if it can be bound on 127.0.0.1, else a free port the OS picks."""
+    for port in ([preferred] if preferred else []) + [0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise OSError("no free port on 127.0.0.1")
+
+
+def streamlit_command(port: int, model: str | None = None, reports: str | None = None,
+                      python: str = sys.executable) -> list[str]:
+    """The ``streamlit run`` command line of the app."""
+    cmd = [python, "-m", "streamlit", "run", str(MAIN),
+           "--server.address", HOST, "--server.port", str(port), "--server.headless", "true",
+           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+           "--server.runOnSave", "false", "--client.toolbarMode", "viewer", "--"]
+    if model:
+        cmd += ["--model", str(model)]
+    if reports:
+        cmd += ["--reports", str(reports)]
+    return cmd
+
+
+def app_env() -> dict[str, str]:
+    """Environment of the server: quiet TensorFlow; ``busi_study`` importable from this checkout."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    src = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m busi_study.app", description="Serve the study's app on 127.0.0.1.")
+    p.add_argument("--model", help="a .keras model file (default: the best exported model of reports/latest)")
+    p.add_argument("--reports", help="the reports folder holding latest/ (default: the repository's reports/)")
+    p.add_argument("--port", type=int, default=8501, help="port (default 8501, or a free one if it is taken)")
+    args = p.parse_args(argv)
+    port = free_port(args.port)
+    print(f"BUSI study app: http://{HOST}:{port}   (research use only, not a medical device; Ctrl+C stops it)", flush=True)
+    try:
+        return subprocess.call(streamlit_command(port, args.model, args.reports), env=app_env())
+    except KeyboardInterrupt:
+        return 0
