@@ -15,6 +15,22 @@ from pathlib import Path
 
 HOST = "127.0.0.1"
 MAIN = Path(__file__).with_name("main.py")
+#: Largest upload accepted by the server, in MB (Streamlit's ``server.maxUploadSize``).
+MAX_UPLOAD_MB = 50
+
+
+def keep_uploads_in_memory(max_mb: int = MAX_UPLOAD_MB) -> None:
+    """Make the server's multipart parser keep every upload up to ``max_mb`` in RAM.
+
+    Streamlit's server parses uploads with Starlette, which spools a file part larger than
+    1 MB to an (unlinked) temporary file on disk; raising the spool size to the upload limit
+    keeps uploads in memory only, as the app promises. Called by ``main.py`` in the server.
+    """
+    try:
+        from starlette.formparsers import MultiPartParser
+    except ImportError:  # an older Streamlit on Tornado: it buffers uploads in memory itself
+        return
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, (max_mb + 1) * 1024 * 1024)
 
 
 def free_port(preferred: int | None = None) -> int:
@@ -35,7 +51,7 @@ def streamlit_command(port: int, model: str | None = None, reports: str | None =
     cmd = [python, "-m", "streamlit", "run", str(MAIN),
            "--server.address", HOST, "--server.port", str(port), "--server.headless", "true",
            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-           "--server.runOnSave", "false", "--client.toolbarMode", "viewer", "--"]
+           "--server.runOnSave", "false", "--server.maxUploadSize", str(MAX_UPLOAD_MB), "--client.toolbarMode", "viewer", "--"]
     if model:
         cmd += ["--model", str(model)]
     if reports:
