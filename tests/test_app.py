@@ -137,7 +137,10 @@ def test_find_models_best_first_and_decision_sources(reports, tmp_path):
 
 
 def test_analyse_matches_predict_and_keeps_going_after_bad_files(reports, tmp_path):
+    import cv2
+
     from busi_study.app import engine
+    from busi_study.data.images import read_rgb
     from busi_study.predict import load_model, predict_files
 
     lm = engine.load(engine.find_models(reports)[0])
@@ -167,6 +170,13 @@ def test_analyse_matches_predict_and_keeps_going_after_bad_files(reports, tmp_pa
         assert r.malignant_spec90 == (r.proba[2] >= lm.decision["threshold_spec90"])
         assert r.overlay.shape == r.display.shape and r.overlay.dtype == np.uint8
         assert not np.array_equal(r.overlay, r.display)
+    # the map is explain.gradcam's, for the predicted class, on the input predict would build
+    from busi_study.explain.gradcam import gradcam
+
+    ok = [r for r in results if not r.error]
+    x = np.stack([cv2.resize(read_rgb(tmp_path / r.name), (lm.input_size,) * 2, interpolation=cv2.INTER_AREA) for r in ok])
+    want = gradcam(model, x.astype(np.float32), [CLASSES.index(r.predicted) for r in ok], "conv")
+    np.testing.assert_allclose(np.stack([r.cam for r in ok]), want, atol=1e-5)
     assert table["error"].astype(bool).tolist() == [bool(r.error) for r in results]
     assert table.loc[~table["error"].astype(bool), "p_normal_calibrated"].notna().all()
 

@@ -102,17 +102,19 @@ class LoadedModel:
     gradcam_layer: str
     decision: dict
     load_seconds: float
+    explainer: object = None                 # explain.gradcam.GradCAM, compiled on first use
 
 
 def load(entry: ModelEntry) -> LoadedModel:
     """Load the Keras model (the page caches this with ``st.cache_resource``)."""
-    from ..explain.gradcam import last_conv_layer_name
+    from ..explain.gradcam import GradCAM, last_conv_layer_name
     from ..predict import load_model
 
     t0 = time.perf_counter()
     model, _ = load_model(entry.path)
     layer = entry.card.get("gradcam_layer") or last_conv_layer_name(model)
-    return LoadedModel(entry, model, int(model.inputs[0].shape[1]), layer, decision_for(entry), time.perf_counter() - t0)
+    return LoadedModel(entry, model, int(model.inputs[0].shape[1]), layer, decision_for(entry), time.perf_counter() - t0,
+                       GradCAM(model, layer))
 
 
 @dataclass
@@ -127,6 +129,7 @@ class ImageResult:
     malignant_sens90: bool | None = None
     display: np.ndarray | None = None        # uint8 RGB, longest side <= DISPLAY_SIDE
     overlay: np.ndarray | None = None        # the same with the Grad-CAM map blended in
+    cam: np.ndarray | None = None            # the Grad-CAM map at the layer's resolution, [0, 1]
     unlike_training: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -155,7 +158,7 @@ def calibrate(proba: np.ndarray, temperature: float | None) -> np.ndarray | None
 def analyse(lm: LoadedModel, uploads: Sequence[tuple[str, bytes]], profile: dict | None = None,
             with_gradcam: bool = True) -> list[ImageResult]:
     """Classify uploaded files (name, bytes); one result per file, in order; bad files get ``error``."""
-    from ..explain.gradcam import gradcam, upsample
+    from ..explain.gradcam import upsample
 
     profile = profile or ood.load_profile()
     results, good, batch = [], [], []
@@ -178,7 +181,7 @@ def analyse(lm: LoadedModel, uploads: Sequence[tuple[str, bytes]], profile: dict
     proba = np.asarray(lm.model.predict_on_batch(x), dtype=np.float64)
     cal = calibrate(proba, lm.decision.get("temperature"))
     pred = proba.argmax(axis=1)
-    maps = gradcam(lm.model, x, class_index=pred, layer_name=lm.gradcam_layer) if with_gradcam else None
+    maps = lm.explainer(x, class_index=pred) if with_gradcam else None
     t_spec, t_sens = lm.decision.get("threshold_spec90"), lm.decision.get("threshold_sens90")
     for i, r in enumerate(good):
         r.proba = proba[i]
@@ -187,6 +190,7 @@ def analyse(lm: LoadedModel, uploads: Sequence[tuple[str, bytes]], profile: dict
         r.malignant_spec90 = None if t_spec is None else bool(proba[i, 2] >= t_spec)
         r.malignant_sens90 = None if t_sens is None else bool(proba[i, 2] >= t_sens)
         if maps is not None:
+            r.cam = maps[i]
             r.overlay = overlay(r.display, upsample(maps[i], r.display.shape[:2]))
     return results
 
