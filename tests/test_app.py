@@ -243,10 +243,35 @@ def test_classify_page_batch_with_a_bad_file(reports):
     assert list(table["path"]) == ["lesion.png", "corrupt.png", "sixteen.png", "huge.png"]
     assert table["p_malignant"].notna().tolist() == [True, False, False, False]
     assert len(at.get("download_button")) == 1
-    # a rerun (e.g. the download button) reuses the session's results instead of recomputing
-    before = at.session_state["_results"][1]
+    # a rerun (e.g. the download button) reuses the session's results instead of recomputing;
+    # adding a file analyses only that file; removing files drops their results
+    before = dict(at.session_state["_results"]["by_id"])
     at.run()
-    assert at.session_state["_results"][1] is before
+    assert at.session_state["_results"]["by_id"] == before
+    assert all(a is b for a, b in zip(before.values(), at.session_state["_results"]["by_id"].values()))
+    at.file_uploader(key="uploads").set_value([("third.png", encode(busi_like(seed=5)), "image/png")]).run()
+    assert len(at.session_state["_results"]["by_id"]) == 1
+    assert any("1 new file(s) answered" in c.value for c in at.caption)
+
+
+def test_results_are_kept_per_file_between_reruns():
+    from busi_study.app.pages import update_results
+
+    calls = []
+
+    def analyse(uploads):
+        calls.append([n for n, _ in uploads])
+        return [f"result of {n}" for n, _ in uploads]
+
+    a, b, c = ("id-a", "a.png", b"1"), ("id-b", "b.png", b"2"), ("id-c", "c.png", b"3")
+    store, res, n = update_results(None, ("m", True), [a, b], analyse)
+    assert res == ["result of a.png", "result of b.png"] and n == 2
+    store, res, n = update_results(store, ("m", True), [a, b, c], analyse)      # a file added
+    assert calls[-1] == ["c.png"] and n == 1 and res[2] == "result of c.png"
+    store, res, n = update_results(store, ("m", True), [c], analyse)            # two removed
+    assert n == 0 and res == ["result of c.png"] and list(store["by_id"]) == ["id-c"]
+    store, res, n = update_results(store, ("m", False), [c], analyse)           # Grad-CAM switched off
+    assert n == 1 and calls[-1] == ["c.png"]
 
 
 def test_model_card_page_and_model_choice(reports):

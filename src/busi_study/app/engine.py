@@ -113,8 +113,14 @@ def load(entry: ModelEntry) -> LoadedModel:
     t0 = time.perf_counter()
     model, _ = load_model(entry.path)
     layer = entry.card.get("gradcam_layer") or last_conv_layer_name(model)
-    return LoadedModel(entry, model, int(model.inputs[0].shape[1]), layer, decision_for(entry), time.perf_counter() - t0,
-                       GradCAM(model, layer))
+    size = int(model.inputs[0].shape[1])
+    explainer = GradCAM(model, layer)
+    # warm-up on a blank image: graph tracing and the replay check happen here, once per
+    # server (the page caches this object), not on the first upload
+    blank = np.full((1, size, size, 3), 128.0, np.float32)
+    model.predict_on_batch(blank)
+    explainer(blank, 0)
+    return LoadedModel(entry, model, size, layer, decision_for(entry), time.perf_counter() - t0, explainer)
 
 
 @dataclass

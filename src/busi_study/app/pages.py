@@ -78,18 +78,29 @@ def _decision_text(r: engine.ImageResult, decision: dict) -> str:
     return "  \n".join(parts)
 
 
-def _analyse_cached(lm: engine.LoadedModel, files: list, with_gradcam: bool) -> tuple[list[engine.ImageResult], float]:
-    """Results for this set of uploads, kept in the session (memory) so reruns of the page
-    (e.g. pressing the download button) do not recompute them."""
-    key = (str(lm.entry.path), with_gradcam, tuple(f.file_id for f in files))
-    cached = st.session_state.get("_results")
-    if cached and cached[0] == key:
-        return cached[1], cached[2]
+def update_results(store: dict | None, setting: tuple, files: list[tuple[str, str, bytes]], analyse) -> tuple[dict, list, int]:
+    """Per-file results kept between reruns: analyse only the files (id, name, bytes) not in
+    ``store`` under the same ``setting`` (model, Grad-CAM), drop the ones no longer uploaded.
+    ``analyse(list of (name, bytes)) -> results``. Returns (new store, results in file order, files analysed)."""
+    if not store or store.get("setting") != setting:
+        store = {"setting": setting, "by_id": {}}
+    new = [f for f in files if f[0] not in store["by_id"]]
+    if new:
+        store["by_id"].update(zip((f[0] for f in new), analyse([(name, data) for _, name, data in new])))
+    store = {"setting": setting, "by_id": {f[0]: store["by_id"][f[0]] for f in files}}
+    return store, [store["by_id"][f[0]] for f in files], len(new)
+
+
+def _analyse_cached(lm: engine.LoadedModel, files: list, with_gradcam: bool) -> tuple[list[engine.ImageResult], int, float]:
+    """Results for the current uploads, kept in this browser session's memory for the files still
+    uploaded, so reruns of the page (the download button, adding a file) do not recompute them."""
     t0 = time.perf_counter()
-    results = engine.analyse(lm, [(f.name, f.getvalue()) for f in files], with_gradcam=with_gradcam)
-    seconds = time.perf_counter() - t0
-    st.session_state["_results"] = (key, results, seconds)
-    return results, seconds
+    store, results, n_new = update_results(
+        st.session_state.get("_results"), (str(lm.entry.path), with_gradcam),
+        [(f.file_id, f.name, f.getvalue()) for f in files],
+        lambda uploads: engine.analyse(lm, uploads, with_gradcam=with_gradcam))
+    st.session_state["_results"] = store
+    return results, n_new, time.perf_counter() - t0
 
 
 def classify_page(lm: engine.LoadedModel, with_gradcam: bool) -> None:
@@ -102,10 +113,10 @@ def classify_page(lm: engine.LoadedModel, with_gradcam: bool) -> None:
         st.info("No image uploaded yet.")
         return
     with st.spinner("Classifying …"):
-        results, seconds = _analyse_cached(lm, list(files), with_gradcam)
+        results, n_new, seconds = _analyse_cached(lm, list(files), with_gradcam)
     n_ok = sum(not r.error for r in results)
-    st.caption(f"{len(results)} file(s), {n_ok} classified in {seconds:.2f} s "
-               f"({seconds / max(n_ok, 1):.2f} s per image{' with Grad-CAM' if with_gradcam else ''}).")
+    st.caption(f"{len(results)} file(s), {n_ok} classified; {n_new} new file(s) answered in {seconds:.2f} s"
+               + (f" ({seconds / n_new:.2f} s per file{' with Grad-CAM' if with_gradcam else ''})." if n_new else "."))
     temperature = lm.decision.get("temperature")
     if temperature is None:
         st.warning(f"No temperature for this model ({lm.decision['source']}): calibrated probabilities are not shown.")

@@ -7,10 +7,14 @@ file watcher; prints the address. ``make app`` runs this.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -65,6 +69,43 @@ def app_env() -> dict[str, str]:
     src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
+
+
+@contextlib.contextmanager
+def running_server(model: str | None = None, reports: str | None = None, cwd: Path | None = None,
+                   env: dict[str, str] | None = None, log: Path | None = None, startup_s: float = 90) -> Iterator[str]:
+    """Start the app on a free 127.0.0.1 port, wait until healthy, yield its URL, stop it.
+
+    ``cwd``/``env`` are the server's working folder and extra environment (tests give it an
+    empty folder and ``TMPDIR``); its output goes to ``log`` (default: discarded).
+    """
+    port = free_port()
+    url = f"http://{HOST}:{port}"
+    with open(log or os.devnull, "wb") as out:
+        proc = subprocess.Popen(streamlit_command(port, model, reports), cwd=cwd, env={**app_env(), **(env or {})},
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + startup_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the app server exited with code {proc.returncode}" + (f"; see {log}" if log else ""))
+            try:
+                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the app server was not ready after {startup_s:.0f} s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def main(argv: list[str] | None = None) -> int:

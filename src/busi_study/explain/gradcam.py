@@ -392,7 +392,12 @@ class GradCAM:
         self.fwd = _Forward(model, layer_name or last_conv_layer_name(model), score=score)
         self.layer_name, self.method = self.fwd.layer_name, method
         self._checked = False
-        self._fn = tf.function(lambda x, idx: _batch_maps(self.fwd, x, idx, method), reduce_retracing=True)
+        # one trace for any batch size: the batch dimension is left open in the signatures
+        shape = [None, *(int(d) for d in model.inputs[0].shape[1:])]
+        x_spec = tf.TensorSpec(shape, tf.float32)
+        self._fn = tf.function(lambda x, idx: _batch_maps(self.fwd, x, idx, method),
+                               input_signature=[x_spec, tf.TensorSpec([None], tf.int64)])
+        self._fn_predicted = tf.function(lambda x: _batch_maps(self.fwd, x, None, method), input_signature=[x_spec])
 
     def __call__(self, images: np.ndarray, class_index: int | Sequence[int] | np.ndarray | None = None,
                  batch_size: int = 16) -> np.ndarray:
@@ -413,8 +418,10 @@ class GradCAM:
         maps = []
         for start in range(0, n, batch_size):
             x = tf.constant(x_all[start : start + batch_size])
-            idx = None if idx_all is None else tf.constant(idx_all[start : start + batch_size])
-            maps.append(self._fn(x, idx).numpy())
+            if idx_all is None:
+                maps.append(self._fn_predicted(x).numpy())
+            else:
+                maps.append(self._fn(x, tf.constant(idx_all[start : start + batch_size], tf.int64)).numpy())
         return _normalise(np.concatenate(maps))
 
 
