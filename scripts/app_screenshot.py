@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         page.locator("input[type=file]").set_input_files([str(i) for i in args.images])
         page.locator("th", has_text="calibrated").nth(len(args.images) - 1).wait_for(timeout=300_000)
         answer = time.monotonic() - t0
-        page.wait_for_timeout(1500)  # let the images paint
+        print("page says:", page.get_by_text("answered in").first.inner_text())
+        page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)", timeout=60_000)
+        page.wait_for_timeout(500)
         shot = args.out / "app_screenshot.png"
         page.screenshot(path=str(shot))
         if args.then:
@@ -57,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             page.locator("th", has_text="calibrated").nth(len(args.images) + len(args.then) - 1).wait_for(timeout=300_000)
             print(f"then {len(args.then)} more image(s): upload to answer {time.monotonic() - t0:.2f} s "
                   f"(the page redraws all {len(args.images) + len(args.then)} results)")
+            print("page says:", page.get_by_text("answered in").first.inner_text())
         page.get_by_text("Model card", exact=True).click()
         page.get_by_text("Limitations").wait_for(timeout=60_000)
         page.wait_for_timeout(1000)
