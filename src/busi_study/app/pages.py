@@ -24,7 +24,7 @@ NOTICE = ("**Research use only — not a medical device.** This demo shows what 
 PAGES = ("Classify images", "Model card")
 REPORTS = Path(__file__).resolve().parents[3] / "reports"
 #: Wall time of MAKE_MODEL_COMMAND, measured on the study's 2-core CPU machine (see REPORT/README).
-MAKE_MODEL_TIME = "about 9 minutes on a 2-core CPU (no GPU)"
+MAKE_MODEL_TIME = "measured 14.5 minutes on the study's shared 2-core CPU, no GPU"
 
 
 @st.cache_resource(show_spinner="Loading the model …", max_entries=4)
