@@ -46,9 +46,11 @@ def val_predictions(n: int = 60, seed: int = 0) -> pd.DataFrame:
 
 
 def make_run(reports: Path, models: dict[str, float | None], with_decision: bool = True, with_val: bool = True) -> Path:
-    """``reports/<run>/models/<name>.keras`` + card (CV macro AUC given, None: no metrics), a
-    ``results/<name>/val_predictions.csv`` and ``reports/latest`` → the run."""
+    """``reports/<run>/models/<name>.keras`` + card (CV macro AUC given, None: no metrics), the
+    run's results (validation predictions; standing in for the out-of-fold ones too) and
+    ``reports/latest`` → the run."""
     from busi_study.evaluation.deployment import decision_settings
+    from busi_study.results import ResultsStore
 
     run = reports / "20260101T000000Z-test"
     for k, (name, auc) in enumerate(models.items()):
@@ -62,8 +64,7 @@ def make_run(reports: Path, models: dict[str, float | None], with_decision: bool
             card["decision"] = decision_settings(val)
         (run / "models" / f"{name}.json").write_text(json.dumps(card))
         if with_val:
-            (run / "results" / name).mkdir(parents=True, exist_ok=True)
-            val.to_csv(run / "results" / name / "val_predictions.csv", index=False)
+            ResultsStore(run).write_trained(name, {"oof": val, "val": val}, {"model": name, "pooled": []})
     latest = reports / "latest"
     if latest.is_symlink() or latest.exists():
         latest.unlink()

@@ -26,11 +26,12 @@ import pandas as pd
 from PIL import Image
 
 from ..errors import StudyError
-from ..info import CLASSES
+from ..info import CLASSES, PROBA_COLUMNS
+from ..results import ResultsStore
 from . import ood
 from .inputs import DecodedImage, InputRejected, decode_upload
 
-PROBA = [f"p_{c}" for c in CLASSES]
+PROBA = PROBA_COLUMNS
 PROBA_CAL = [f"{c}_calibrated" for c in PROBA]
 #: Columns of ``python -m busi_study predict`` (first, in this order), then the app's own.
 PREDICT_COLUMNS = ["path", *PROBA, "predicted", "error"]
@@ -49,7 +50,7 @@ class ModelEntry:
     name: str
     path: Path
     card: dict
-    results_dir: Path | None = None
+    results: ResultsStore | None = None      # the run's results store, when it holds this model
 
     @property
     def macro_auc(self) -> float | None:
@@ -63,19 +64,20 @@ class ModelEntry:
 
 
 def entry_for(path: Path) -> ModelEntry:
-    """A model file and what lies beside it (card ``<name>.json``, ``../results/<name>/``)."""
+    """A model file and what lies beside it: its card ``<name>.json`` and, when the file is a
+    run's exported model (``reports/<run>/models/<name>.keras``), that run's results store."""
     path = Path(path)
     if not path.is_file():
         raise StudyError(f"model file not found: {path}")
     card_path = path.with_suffix(".json")
     card = json.loads(card_path.read_text()) if card_path.exists() else {}
-    res = path.resolve().parent.parent / "results" / path.stem
-    return ModelEntry(path.stem, path, card, res if res.is_dir() else None)
+    store = ResultsStore(path.resolve().parent.parent)
+    return ModelEntry(path.stem, path, card, store if path.stem in store.trained_names() else None)
 
 
 def find_models(reports_dir: Path) -> list[ModelEntry]:
     """Exported models of ``reports_dir/latest``, best first (highest CV macro AUC, the report's rule)."""
-    models = Path(reports_dir) / "latest" / "models"
+    models = ResultsStore(Path(reports_dir) / "latest").models_dir
     entries = [entry_for(p) for p in sorted(models.glob("*.keras"))] if models.is_dir() else []
     return sorted(entries, key=lambda e: (e.macro_auc is None, -(e.macro_auc or 0.0), e.name))
 
@@ -88,9 +90,9 @@ def decision_for(entry: ModelEntry) -> dict:
 
     if entry.card.get("decision"):
         return {**entry.card["decision"], "source": "model card"}
-    val = entry.results_dir / "val_predictions.csv" if entry.results_dir else None
-    if val is not None and val.exists():
-        return {**decision_settings(pd.read_csv(val)), "source": f"fitted on {val} (the card has none)"}
+    val = entry.results.load(entry.name).val if entry.results else None
+    if val is not None and not val.empty:
+        return {**decision_settings(val), "source": f"fitted on results/{entry.name}/val_predictions.csv (the card has none)"}
     return {"temperature": None, "threshold_spec90": None, "threshold_sens90": None,
             "source": "missing: the card has no temperature or thresholds and the run's validation predictions "
                       f"(results/{entry.name}/val_predictions.csv) are not beside the model"}

@@ -186,13 +186,13 @@ def model_card_page(lm: engine.LoadedModel) -> None:
     if cal is not None and not cal.empty:
         st.dataframe(cal, hide_index=True)
     else:
-        st.caption("No calibration table in this run (notebook 05_error_analysis).")
+        st.caption("No calibration table in this run (notebook 07_error_analysis).")
     st.header("Localisation (Grad-CAM against the lesion masks)")
     loc = _table(run_dir / "tables" / "localisation_summary.csv", entry.name)
     if loc is not None and not loc.empty:
         st.dataframe(loc, hide_index=True)
     else:
-        st.caption("No localisation table in this run (notebook 05_error_analysis).")
+        st.caption("No localisation table in this run (notebook 07_error_analysis).")
     st.header("External validation")
     ext = [t for p in sorted((run_dir / "tables").glob("external*.csv")) if (t := _table(p, entry.name)) is not None and not t.empty]
     if ext:

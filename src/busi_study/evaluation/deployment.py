@@ -17,11 +17,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..info import CLASS_INDEX, CLASSES
+from ..info import CLASS_INDEX, CLASSES, PROBA_COLUMNS
 from .calibration import fit_temperature, logits_from_proba
 from .metrics import operating_points
 
-PROBA = [f"p_{c}" for c in CLASSES]
+PROBA = PROBA_COLUMNS
 
 
 def decision_settings(val: pd.DataFrame) -> dict:
