@@ -306,3 +306,16 @@ def test_nothing_written_during_a_session_of_uploads(reports, tmp_path, monkeypa
     at.sidebar.radio(key="page").set_value("Model card").run()
     assert os.listdir(work) == [] and os.listdir(tmp) == []
     assert pd.Series(os.listdir(tmp_path)).isin(["work", "tmp"]).all()
+
+
+def test_reruns_keep_the_tensorflow_kernel_cache(reports, monkeypatch):
+    """Streamlit clears the Keras session after each script run unless the app stops it; that
+    would make the first model call of every rerun rebuild TensorFlow's kernels (seconds)."""
+    import keras
+
+    cleared = []
+    monkeypatch.setattr(keras.backend, "clear_session", lambda *a, **k: cleared.append(1))
+    at = _app(reports=str(reports)).run()
+    at.file_uploader(key="uploads").set_value([("a.png", encode(busi_like()), "image/png")]).run()
+    at.run()
+    assert not at.exception and cleared == []

@@ -10,9 +10,6 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from busi_study.app.pages import run_app  # noqa: E402
-from busi_study.app.server import keep_uploads_in_memory  # noqa: E402
-
-keep_uploads_in_memory()
 
 _p = argparse.ArgumentParser(prog="busi_study app", add_help=False)
 _p.add_argument("--model")

@@ -18,6 +18,7 @@ from ..errors import StudyError
 from ..info import BUSI, CLASSES
 from . import engine
 from .inputs import SUFFIXES
+from .server import keep_tensorflow_caches, keep_uploads_in_memory
 
 NOTICE = ("**Research use only — not a medical device.** This demo shows what a model trained on the "
           "public BUSI dataset outputs; it must not be used to diagnose, screen or treat anyone.")
@@ -216,6 +217,8 @@ def model_card_page(lm: engine.LoadedModel) -> None:
 
 def run_app(model: str | None = None, reports: str | None = None) -> None:
     """The whole app; ``model`` a ``.keras`` file, else the best exported model of ``reports/latest``."""
+    keep_uploads_in_memory()
+    keep_tensorflow_caches()
     st.set_page_config(page_title="BUSI study — research demo", layout="wide")
     st.warning(NOTICE)
     page = st.sidebar.radio("Page", PAGES, key="page")
