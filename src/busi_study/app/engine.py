@@ -107,6 +107,7 @@ class LoadedModel:
     decision: dict
     load_seconds: float
     explainer: object = None                 # explain.gradcam.GradCAM, compiled on first use
+    forward: object = None                   # the model's forward pass compiled for any batch size
 
 
 def load(entry: ModelEntry) -> LoadedModel:
@@ -117,7 +118,12 @@ def load(entry: ModelEntry) -> LoadedModel:
     t0 = time.perf_counter()
     model, _ = load_model(entry.path)
     layer = entry.card.get("gradcam_layer") or last_conv_layer_name(model)
-    lm = LoadedModel(entry, model, int(model.inputs[0].shape[1]), layer, decision_for(entry), 0.0, GradCAM(model, layer))
+    import tensorflow as tf
+
+    size = int(model.inputs[0].shape[1])
+    # one graph for every batch size (Keras's predict_on_batch retraces, seconds, on each new one)
+    forward = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+    lm = LoadedModel(entry, model, size, layer, decision_for(entry), 0.0, GradCAM(model, layer), forward)
     # warm-up on a blank BUSI-sized image through the whole path: graph tracing, the Grad-CAM
     # replay check and first imports happen here, once per server (the page caches this
     # object), not on the first upload
@@ -189,7 +195,7 @@ def analyse(lm: LoadedModel, uploads: Sequence[tuple[str, bytes]], profile: dict
     if not good:
         return results
     x = np.stack(batch).astype(np.float32)
-    proba = np.asarray(lm.model.predict_on_batch(x), dtype=np.float64)
+    proba = np.asarray(lm.forward(x), dtype=np.float64)
     cal = calibrate(proba, lm.decision.get("temperature"))
     pred = proba.argmax(axis=1)
     maps = lm.explainer(x, class_index=pred) if with_gradcam else None
