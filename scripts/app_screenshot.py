@@ -49,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         page.locator("th", has_text="calibrated").nth(len(args.images) - 1).wait_for(timeout=300_000)
         answer = time.monotonic() - t0
         print("page says:", page.get_by_text("answered in").first.inner_text())
-        page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)", timeout=60_000)
+        # Streamlit serves the pictures under /media/: wait until both of each image are painted
+        page.wait_for_function(
+            "n => { const m = Array.from(document.images).filter(i => i.src.includes('/media/'));"
+            " return m.length >= n && m.every(i => i.complete && i.naturalWidth > 0); }",
+            arg=2 * len(args.images), timeout=60_000)
         page.wait_for_timeout(500)
         shot = args.out / "app_screenshot.png"
         page.screenshot(path=str(shot))
