@@ -32,7 +32,6 @@ def test_decode_accepts_busi_formats(fmt):
     (b"this is a text file, not an image", "not a readable image"),
     (encode(busi_like())[:200], "truncated"),
     (encode(busi_like(), "GIF"), "GIF format"),
-    (png16(), "16-bit"),
     (encode(np.zeros((1, 1), np.uint8)), "too small: 1 × 1"),
 ])
 def test_decode_rejects_bad_files_with_a_message(data, words):
@@ -46,6 +45,16 @@ def test_decode_rejects_huge_image_from_its_header():
     with pytest.raises(InputRejected, match="too large: 10000 × 10000"):
         decode_upload("huge.png", data)
     assert 10_000 * 10_000 > MAX_PIXELS
+
+
+def test_decode_16bit_is_scaled_like_predict(tmp_path):
+    from busi_study.data.images import read_rgb
+
+    data = png16()
+    img = decode_upload("sixteen.png", data)
+    assert any("16-bit" in n and "scaled" in n for n in img.notes)
+    (tmp_path / "sixteen.png").write_bytes(data)
+    assert np.array_equal(img.rgb, read_rgb(tmp_path / "sixteen.png")) and img.rgb.max() == 255
 
 
 def test_decode_rgba_drops_alpha_like_predict(tmp_path):
@@ -237,11 +246,11 @@ def test_classify_page_batch_with_a_bad_file(reports):
     text = _texts(at)
     assert "| class | raw | calibrated |" in text
     assert any(e.value.startswith("corrupt.png:") for e in at.error)
-    assert any(e.value.startswith("sixteen.png:") and "16-bit" in e.value for e in at.error)
+    assert any(e.value.startswith("sixteen.png:") and "16-bit" in e.value for e in at.info)  # scaled, with a note
     table = at.dataframe[0].value
     assert any(e.value.startswith("huge.png:") and "too large" in e.value for e in at.error)
     assert list(table["path"]) == ["lesion.png", "corrupt.png", "sixteen.png", "huge.png"]
-    assert table["p_malignant"].notna().tolist() == [True, False, False, False]
+    assert table["p_malignant"].notna().tolist() == [True, False, True, False]
     assert len(at.get("download_button")) == 1
     # a rerun (e.g. the download button) reuses the session's results instead of recomputing;
     # adding a file analyses only that file; removing files drops their results

@@ -2,7 +2,7 @@
 
 The app never writes an upload to disk: bytes come from Streamlit's in-memory ``UploadedFile``
 and are decoded here with PIL from a ``BytesIO``. The decoded image is the same array that
-``busi_study.predict`` gets from a file (``read_rgb``: PIL ``convert("RGB")``), so the app and
+``busi_study.predict`` gets from a file (``read_rgb``: ``data.images.to_uint8``), so the app and
 ``predict`` give the same probabilities for the same image.
 
 Refused, with a message for that file (the rest of a batch goes on):
@@ -10,12 +10,11 @@ Refused, with a message for that file (the rest of a batch goes on):
 * not a PNG, JPEG or BMP, or not decodable (corrupt, truncated, a text file renamed .png);
 * more than :data:`MAX_PIXELS` pixels — checked on the header, *before* decoding, so a
   10,000 × 10,000 image (or a decompression bomb) costs no memory;
-* a side shorter than :data:`MIN_SIDE` pixels (a 1 × 1 image has nothing to classify);
-* 16-bit or floating-point images (PIL modes ``I;16*``, ``I``, ``F``): BUSI is 8-bit, and how a
-  16-bit export maps to 8-bit display grey levels (its window) cannot be guessed.
+* a side shorter than :data:`MIN_SIDE` pixels (a 1 × 1 image has nothing to classify).
 
-Accepted with a note: an alpha channel (RGBA, LA, PA) is dropped as ``predict`` does; palette
-and CMYK images are converted to RGB. EXIF orientation is not applied (``predict`` does not
+Accepted with a note: a 16-bit or floating-point image is scaled to 8 bit by its real range
+(``data.images.to_uint8``, as ``predict`` does); an alpha channel (RGBA, LA, PA) is dropped as
+``predict`` does; palette and CMYK images are converted to RGB. EXIF orientation is not applied (``predict`` does not
 either, and ultrasound exports carry none).
 """
 
@@ -28,6 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from ..data.images import is_high_depth, to_uint8
+
 #: Formats the app accepts (PIL's names) and the file suffixes offered in the upload dialog.
 FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP")
 SUFFIXES: tuple[str, ...] = ("png", "jpg", "jpeg", "bmp")
@@ -35,7 +36,6 @@ SUFFIXES: tuple[str, ...] = ("png", "jpg", "jpeg", "bmp")
 MAX_PIXELS: int = 25_000_000
 #: Shortest side accepted, in pixels (BUSI's shortest side is 190 px).
 MIN_SIDE: int = 32
-_HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 class InputRejected(ValueError):
@@ -80,15 +80,15 @@ def decode_upload(name: str, data: bytes) -> DecodedImage:
                 raise InputRejected(f"image too small: {w} × {h} px (at least {MIN_SIDE} px a side; "
                                     "BUSI images are 190–1048 px a side)")
             mode = im.mode
-            if mode in _HIGH_DEPTH_MODES:
-                raise InputRejected(f"{'16-bit' if mode.startswith('I;16') else mode + '-mode (32-bit)'} image: the models "
-                                    "were trained on 8-bit images; export it as 8-bit greyscale or RGB and upload again")
             try:
                 im.load()
                 notes = []
+                if is_high_depth(mode):
+                    notes.append(f"{'16-bit' if mode.startswith('I;16') else mode + '-mode (32-bit)'} image scaled to 8 bit "
+                                 "by its real range, as `predict` does; BUSI's images are 8-bit, so check the grey levels")
                 if "A" in mode or (mode == "P" and "transparency" in im.info):
                     notes.append("alpha channel (transparency) ignored, as `predict` does")
-                rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+                rgb = to_uint8(im, "RGB")
             except Exception as exc:
                 raise InputRejected(f"cannot decode the image data ({type(exc).__name__}: "
                                     f"{(str(exc).splitlines() or [''])[0][:120]}) — the file is probably truncated") from exc
