@@ -104,6 +104,9 @@ def test_models_results_exports_and_comparison(study):
         assert metrics["weights"] in ("imagenet", "random init") and metrics["n"] == len(oof)
         card = json.loads((run / "models" / f"{model}.json").read_text())
         assert card["classes"] == ["normal", "benign", "malignant"] and "accuracy_ci_low" in card["cv_metrics"]
+        # what the app needs: a temperature and malignant thresholds from validation predictions
+        assert card["decision"]["temperature"] > 0 and card["decision"]["n_validation"] == len(pd.read_csv(res / "val_predictions.csv"))
+        assert card["gradcam_layer"]
         assert (run / "models" / f"{model}.keras").exists()
         assert (res / "localisation_per_image.csv").exists()
     for skipped in table.loc[table["status"] == "skipped", "flags"]:
@@ -179,6 +182,31 @@ def test_only_reruns_one_notebook_and_carries_the_rest(study):
     assert by["00_download"]["from_run"] == good.name and by["01_eda_intensity"]["from_run"] is None
     assert (new / "html" / "00_download.html").exists()
     assert meta["partial_of"] == good.name
+
+
+def _app_script(reports=None):
+    from busi_study.app.pages import run_app
+
+    run_app(reports=reports)
+
+
+def test_app_serves_the_exported_models(study):
+    """The app on this run's exported models: best model first, an upload answered, the card shown."""
+    from streamlit.testing.v1 import AppTest
+
+    tmp, _, run = study
+    at = AppTest.from_function(_app_script, kwargs={"reports": str(tmp / "reports")}, default_timeout=300).run()
+    assert not at.exception
+    table = pd.read_csv(run / "tables" / "comparison_models.csv")
+    best = table[table["status"] == "trained"].sort_values("macro_auc", ascending=False)["model"].iloc[0]
+    assert at.selectbox(key="model").value.startswith(best)
+    image = next(p for p in sorted((tmp / "data").rglob("benign*.png")) if "_mask" not in p.name)
+    at.file_uploader(key="uploads").set_value([(image.name, image.read_bytes(), "image/png")]).run()
+    assert not at.exception and not at.error
+    assert any("| class | raw | calibrated |" in m.value for m in at.markdown)
+    assert at.dataframe[0].value["p_malignant"].notna().all()
+    at.sidebar.radio(key="page").set_value("Model card").run()
+    assert not at.exception and "Cross-validated performance" in [h.value for h in at.header]
 
 
 def _tree(run: Path) -> dict[str, tuple[int, int]]:

@@ -19,6 +19,7 @@ from sklearn.model_selection import train_test_split
 
 from .. import provenance
 from ..data.store import ProcessedData, atomic_path, sha256_of, write_json
+from ..evaluation.deployment import decision_settings
 from ..evaluation.evaluate import Evaluation, evaluate, wide_row
 from ..evaluation.metrics import classification_metrics
 from ..info import CLASSES
@@ -115,8 +116,10 @@ def _protocol_text(n_splits: int, seed: int) -> str:
 
 
 def model_card(recipe: Recipe, ev: Evaluation, store: ProcessedData, epochs: list[int], *, n_splits: int, seed: int,
-               bootstrap: BootstrapParams) -> dict:
-    """The card saved beside an exported model: input contract, weights, training data, CV metrics, provenance."""
+               bootstrap: BootstrapParams, val: pd.DataFrame | None = None) -> dict:
+    """The card saved beside an exported model: input contract, weights, training data, CV metrics, provenance;
+    ``val`` (the folds' validation predictions) adds the temperature and malignant thresholds the app
+    uses (``evaluation.deployment``)."""
     return {
         "model": recipe.name,
         "title": recipe.title,
@@ -135,6 +138,8 @@ def model_card(recipe: Recipe, ev: Evaluation, store: ProcessedData, epochs: lis
                        **wide_row(ev.pooled)},
         **data_hashes(store),
         "git": provenance.git_info(provenance.REPO),
+        "gradcam_layer": recipe.gradcam_layer(),
+        "decision": None if val is None or val.empty else decision_settings(val),
         "not_for_clinical_use": True,
     }
 
@@ -149,7 +154,7 @@ def export_final(ex: Experiment, cv: CVResult, ev: Evaluation, results: ResultsS
     with atomic_path(path) as tmp:  # never in place (an --only run may hard-link it)
         model.save(tmp)
     n_splits = int(cv.oof["fold"].nunique())
-    write_json(model_card(ex.recipe, ev, store, epochs, n_splits=n_splits, seed=seed, bootstrap=bootstrap),
+    write_json(model_card(ex.recipe, ev, store, epochs, n_splits=n_splits, seed=seed, bootstrap=bootstrap, val=cv.val),
                path.with_suffix(".json"))
     return path
 
