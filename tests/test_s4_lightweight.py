@@ -201,7 +201,7 @@ def test_experiment_cv_protocols_and_full_model(demo_store):
     assert np.allclose(cv.oof["p_normal"], 0) and np.allclose(cv.oof[["p_benign", "p_malignant"]].sum(axis=1), 1)
     before, pred = ex.augment_before_split(100, seed=0)
     after = ex.augment_after_split(seed=0)
-    assert before["n_items"] == 100 and len(pred) == before["n_test_items"] == before["n_test"]
+    assert before["n_items"] == 100 and len(pred) == before["n_test"] == 15
     # with ~4 copies per image and 70 % of items in training, most test items have a copy in training
     assert before["copy_in_training"] > 0.5 * before["n_test"]
     assert after["copy_in_training"] == 0  # image-level split: no copy of a test image in training

@@ -333,7 +333,7 @@ class LightweightExperiment:
         head, res = self.fit(tr, va, seed + 500, views=items, augment_views=False, y=item_y)
         p = self.predict(head, te, views=items)
         m = _binary_summary(item_y[te], p)
-        out = {"protocol": "S4: augment to ~9,015 before a random 70/15/15 item split", "n_items": len(pool),
+        out = {"protocol": f"S4: augment to {len(pool):,} items before a random 70/15/15 item split", "n_items": len(pool),
                "views_per_image": n_views, "n_train": len(tr), "n_val": len(va), **m, **leaks,
                "epoch_kept": res.best_epoch, "seconds": round(time.perf_counter() - t0, 1)}
         pred = pd.DataFrame({"image_id": self.table["image_id"].to_numpy()[src[te]], "view": vw[te], "label_y": item_y[te],
@@ -358,5 +358,5 @@ class LightweightExperiment:
 def _binary_summary(y: np.ndarray, p: np.ndarray) -> dict:
     """Accuracy, macro F1, F1 of malignant and AUC of one test set (S4's metrics), threshold 0.5."""
     m = classification_metrics(np.where(y == 1, 2, 1), as_three_class(p))
-    return {"n_test_items": int(len(y)), "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
             "f1_malignant": m["f1_malignant"], "auc": m["benign_vs_malignant_auc"]}

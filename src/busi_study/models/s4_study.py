@@ -119,7 +119,7 @@ def protocol_table(ex: LightweightExperiment, grouped: VariantRun, params: dict)
         before,
         after,
         {"protocol": "grouped CV on the original lesion images (this study)", "n_items": int(len(grouped.cv.oof)),
-         "n_test_items": int(len(grouped.cv.oof)), "accuracy": g.loc["accuracy", "value"],
+         "n_test": int(len(grouped.cv.oof)), "accuracy": g.loc["accuracy", "value"],
          "accuracy_ci_low": g.loc["accuracy", "ci_low"], "accuracy_ci_high": g.loc["accuracy", "ci_high"],
          "macro_f1": g.loc["macro_f1", "value"], "macro_f1_ci_low": g.loc["macro_f1", "ci_low"],
          "macro_f1_ci_high": g.loc["macro_f1", "ci_high"], "f1_malignant": g.loc["f1_malignant", "value"],
@@ -128,7 +128,11 @@ def protocol_table(ex: LightweightExperiment, grouped: VariantRun, params: dict)
     ]
     table = pd.DataFrame(rows)
     table.insert(1, "recipe", ["(S4)"] + [ex.recipe.name] * 3)
-    return table, pred
+    first = ["protocol", "recipe", "n_items", "views_per_image", "n_train", "n_val", "n_test"]
+    for m in ("accuracy", "macro_f1", "auc"):
+        first += [m, f"{m}_ci_low", f"{m}_ci_high"]
+    first += ["f1_malignant", "copy_in_training", "near_duplicate_in_training", "any_in_training", "share_any"]
+    return table[[c for c in first if c in table] + [c for c in table if c not in first]], pred
 
 
 # ---------------------------------------------------------------- export
@@ -199,16 +203,20 @@ def export_final_keras(keras_path: Path, images: np.ndarray, params: dict) -> di
 
 
 def fold_agreement(fold_models: list, fold_sets: list[dict], images: np.ndarray, labels: np.ndarray, binary: bool,
-                   params: dict, work_dir: Path) -> pd.DataFrame:
+                   params: dict) -> pd.DataFrame:
     """Each fold's Keras model vs its TFLite conversions on that fold's test images, pooled over folds.
 
     fold_models: Keras full models (image → probabilities), one per fold; fold_sets: per fold
     ``{"train": idx, "test": idx}`` into ``images`` / ``labels``; labels: 0/1 malignant (binary)
     or class indices (three-class). Full-int8 is calibrated on each fold's training images.
     Returns one row per precision: max / mean |Δp|, same decision, AUC and accuracy of Keras
-    and TFLite on the pooled out-of-fold images.
+    and TFLite on the pooled out-of-fold images (the first ``tflite_agreement_folds`` folds;
+    null: all), with ``folds`` saying how many.
     """
     n_rep, seed = int(params["tflite_representative_images"]), int(params["seed"])
+    k_max = params.get("tflite_agreement_folds")
+    if k_max:
+        fold_models, fold_sets = fold_models[: int(k_max)], fold_sets[: int(k_max)]
     pk, pt = [], {m: [] for m in tflite.MODES}
     ys = []
     for k, (model, sets) in enumerate(zip(fold_models, fold_sets)):
@@ -225,7 +233,7 @@ def fold_agreement(fold_models: list, fold_sets: list[dict], images: np.ndarray,
     for mode in tflite.MODES:
         p = np.concatenate(pt[mode])
         a = tflite.agreement(y == 1, keras_p, p) if binary else tflite.agreement_3class(y, keras_p, p)
-        rows.append({"format": mode, **a})
+        rows.append({"format": mode, "folds": len(fold_sets), **a})
     return pd.DataFrame(rows)
 
 
