@@ -30,6 +30,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests scripts run_all.py
+	cd $(CURDIR) && $(VENV)/bin/lint-imports
 
 clean-env:
 	rm -rf $(VENV)

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from busi_study.evaluation.metrics import classification_metrics
     from busi_study.models.experiment import Experiment
     from busi_study.models.recipes import s0_recipe
-    from busi_study.params import apply_overrides, load_profile, parse_override
+    from busi_study.params import StudyParams, apply_overrides, load_profile, parse_override
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="reference")
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for combo in itertools.product(*grid.values()) if grid else [()]:
         setting = dict(zip(grid, combo))
-        recipe = s0_recipe({**params, **setting})
+        typed = StudyParams.from_flat(apply_overrides(params, setting))
+        recipe = s0_recipe(typed.s0, typed.models, typed.augment)
         t0 = time.perf_counter()
         ex = Experiment(recipe, store, seed=int(params["seed"]), progress=False).prepare()
         cv = ex.cross_validate(splits, tta=False)

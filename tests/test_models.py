@@ -16,16 +16,21 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 keras = pytest.importorskip("keras")
 
+from busi_study.cli import REPO  # noqa: E402
 from busi_study.data.prepare import prepare_data  # noqa: E402
 from busi_study.models import builders, registry  # noqa: E402
 from busi_study.models.experiment import Experiment  # noqa: E402
 from busi_study.models.recipes import Recipe  # noqa: E402
 from busi_study.models.training import TrainConfig, balanced_class_weight  # noqa: E402
+from busi_study.params import StudyParams  # noqa: E402
+from busi_study.results import ModelResults, ResultsStore  # noqa: E402
+
+DEFAULT = StudyParams.from_profile("default", REPO / "params", {"data_source": "demo"})
 
 
 @pytest.fixture(scope="module")
 def demo_store(tmp_path_factory):
-    data = prepare_data("demo", tmp_path_factory.mktemp("data"), progress=False)
+    data = prepare_data(DEFAULT.data, DEFAULT.splits, DEFAULT.seed, tmp_path_factory.mktemp("data"), progress=False)
     return data.store
 
 
@@ -108,17 +113,21 @@ def test_weights_unavailable_is_reported_with_the_file(monkeypatch, tmp_path):
 
 
 def test_skipped_model_is_visible_and_strict_fails(monkeypatch, tmp_path, demo_store):
-    from busi_study.models import study
+    import dataclasses
 
-    monkeypatch.setattr(study, "weights_available", lambda *a, **k: (False, "resnet50: ImageNet weights not available"))
+    from busi_study.models import model_run
+
+    monkeypatch.setattr(model_run, "weights_available", lambda *a, **k: (False, "resnet50: ImageNet weights not available"))
     recipe = tiny("frozen_head", backbone="resnet50", backbone_kwargs={}, weights="imagenet", name="s3_head-resnet50")
-    params = {"seed": 42, "strict": False}
-    run = study.run_model(recipe, demo_store, tmp_path, params)
+    store = ResultsStore(tmp_path)
+    run = model_run.run_model(recipe, demo_store, store, seed=42, models=DEFAULT.models, bootstrap=DEFAULT.bootstrap)
     assert run.skipped and "not available" in run.skipped
     skip = json.loads((tmp_path / "results" / "s3_head-resnet50" / "SKIPPED.json").read_text())
     assert skip["skipped"] and "not available" in skip["reason"]
+    assert store.skipped()["s3_head-resnet50"]["reason"] == skip["reason"] and store.trained_names() == []
     with pytest.raises(registry.WeightsUnavailable):
-        study.run_model(recipe, demo_store, tmp_path, {**params, "strict": True})
+        model_run.run_model(recipe, demo_store, store, seed=42, models=dataclasses.replace(DEFAULT.models, strict=True),
+                            bootstrap=DEFAULT.bootstrap)
 
 
 def test_class_weights():
@@ -246,18 +255,22 @@ def test_tune_s0_scores_candidates_on_validation_only(demo_store, tmp_path):
 
 
 def test_explain_images_covers_normal_images_with_the_held_out_fold_model(demo_store, tmp_path):
-    from busi_study.explain.study import explain_images
+    from busi_study.explain.heldout_maps import explain_images
 
     ex = Experiment(tiny("scratch"), demo_store, seed=42, progress=False).prepare()
     splits = demo_store.read("splits")
     splits = splits[splits["seed"] == 42]
+    store = ResultsStore(tmp_path)
     for fold in sorted(splits["fold"].unique()):
         fm = ex.fit(np.arange(len(ex.y)), None, seed=int(fold), epochs=[1])
-        ex.full_model(fm).save(tmp_path / f"fold{fold}.keras")
+        ex.full_model(fm).save(store.fold_model_path("t-scratch", int(fold)))
+    model = ModelResults("t-scratch", store.model_dir("t-scratch"), {"recipe": ex.recipe.as_dict()}, pd.DataFrame(), pd.DataFrame())
     test = splits[splits["role"] == "test"]
     manifest = demo_store.read("manifest").set_index("image_id")
-    wanted = [test.loc[test["image_id"].str.startswith(c), "image_id"].iloc[0] for c in ("normal", "benign")]
-    maps = explain_images(tmp_path, demo_store, splits, [*wanted, "no-such-image"], ex.recipe.input_size, "conv3")
+    # a normal image of fold 0 and a benign one of fold 1: two fold models in one call
+    wanted = [test.loc[test["image_id"].str.startswith(c) & (test["fold"] == f), "image_id"].iloc[0]
+              for c, f in (("normal", 0), ("benign", 1))]
+    maps = explain_images(model, demo_store, splits, [*wanted, "no-such-image"])
     assert sorted(maps) == sorted(wanted)
     for i, m in maps.items():
         assert m.shape == (manifest.loc[i, "height"], manifest.loc[i, "width"])

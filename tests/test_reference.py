@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from busi_study.data.manifest import scan_dataset
-from busi_study.data.reference import check_against_reference, load_reference, summarise_reference_check
+from busi_study.data.release_check import check_against_reference, load_reference, summarise_reference_check
 
 from .conftest import SHARED_BUSI
 

@@ -2,7 +2,7 @@ import json
 
 import pandas as pd
 
-from busi_study.report.reference import check_against_reference, export_reference
+from busi_study.report.reference_results import check_against_reference, export_reference
 
 from .test_evaluate_summary import test_summary_writes_comparison_roc_and_paired_differences as make_run
 

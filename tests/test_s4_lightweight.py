@@ -94,17 +94,20 @@ def test_binary_training_learns_and_faithful_keeps_the_last_epoch():
 
 
 def test_s4_recipes_from_params():
-    params = {"s4_epochs": 20, "s4_batch_size": 1, "s4_learning_rate": 1e-3, "class_weight": True, "s4_es_epochs": 30,
-              "s4_es_batch_size": 16, "s4_es_patience": 4, "mobilenet_alpha": 0.35, "s4_input_size": 224, "weights": "imagenet",
-              "s4_head_channels": 128, "s4_dropout": 0.2, "n_views": 8, "aug_flip": True, "aug_rotation_deg": 10,
-              "aug_zoom": 0.1, "aug_shift": 0.05, "aug_brightness": 0.1, "aug_contrast": 0.1}
-    f = s4_recipe(params, "mobilenet_v2", "faithful")
+    from busi_study.cli import REPO
+    from busi_study.params import StudyParams
+
+    p = StudyParams.from_profile("reference", REPO / "params")
+    f = s4_recipe(p.s4, p.models, p.augment, "mobilenet_v2", "faithful")
     assert (f.train.batch_size, f.train.epochs, f.train.patience, f.train.restore_best) == (1, 20, None, False)
-    e = s4_recipe(params, "mobilenet_v2", "early_stopped")
-    assert e.train.patience == 4 and e.train.restore_best and e.name.endswith("early_stopped")
+    assert f.train.steps_per_execution == 32 and f.input_size == 224 and f.backbone_kwargs == {"alpha": 0.35}
+    e = s4_recipe(p.s4, p.models, p.augment, "mobilenet_v2", "early_stopped")
+    assert e.train.patience == 4 and e.train.batch_size == 16 and e.train.restore_best and e.name.endswith("early_stopped")
     assert "alpha 0.35" in f.title and "batch 1, 20 epochs" in f.title
+    v3 = s4_recipe(p.s4, p.models, p.augment, "mobilenet_v3_small", "faithful")
+    assert v3.backbone_kwargs == {} and v3.name == "s4_c4c5-mobilenet_v3_small-faithful"
     with pytest.raises(ValueError):
-        s4_recipe(params, "mobilenet_v2", "other")
+        s4_recipe(p.s4, p.models, p.augment, "mobilenet_v2", "other")
 
 
 # ---------------------------------------------------------------- S4's protocol: pool, split, leak counter
@@ -181,9 +184,15 @@ def test_lesion_only_and_paired_comparison():
 # ---------------------------------------------------------------- the experiment on demo phantoms
 @pytest.fixture(scope="module")
 def demo_store(tmp_path_factory):
-    from busi_study.data.prepare import prepare_data
+    import dataclasses
 
-    return prepare_data("demo", tmp_path_factory.mktemp("data"), progress=False).store
+    from busi_study.cli import REPO
+    from busi_study.data.prepare import prepare_data
+    from busi_study.params import StudyParams
+
+    p = StudyParams.from_profile("default", REPO / "params")
+    data = dataclasses.replace(p.data, data_source="demo")
+    return prepare_data(data, p.splits, p.seed, tmp_path_factory.mktemp("data"), progress=False).store
 
 
 def test_experiment_cv_protocols_and_full_model(demo_store):

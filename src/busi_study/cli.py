@@ -94,7 +94,7 @@ def run_all_main(argv: list[str] | None = None) -> int:
 
 def check_reference_main(reports_dir: Path) -> int:
     """Compare reports/latest with reports/reference; print a table; 0 when every value is inside."""
-    from .report.reference import check_against_reference
+    from .report.reference_results import check_against_reference
 
     ref = REPO / "reports" / "reference"
     if not (ref / "comparison_models.csv").exists():
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check-data", help="scan, validate and reference-check a copy of BUSI; write data/processed")
     c.add_argument("source", help="folder, .zip, 'kaggle' or 'demo'")
     c.add_argument("--data-dir", type=Path, default=REPO / "data")
+    c.add_argument("--profile", default="default", help="parameter profile for the hash thresholds and splits (default: default)")
     d = sub.add_parser("demo", help="write the synthetic demo dataset (BUSI layout) to a folder")
     d.add_argument("out", type=Path)
     d.add_argument("--seed", type=int, default=0)
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.cmd == "export-reference":
-            from .report.reference import export_reference
+            from .report.reference_results import export_reference
 
             files = export_reference(args.run, REPO / "reports" / "reference", REPO / "README.md")
             print(f"{len(files)} files written to {REPO / 'reports' / 'reference'}; README results section updated")
@@ -160,8 +161,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "check-data":
             from .data.prepare import prepare_data, summary_lines
+            from .params import StudyParams
 
-            result = prepare_data(args.source, args.data_dir)
+            params = StudyParams.from_profile(args.profile, REPO / "params", {"data_source": args.source})
+            result = prepare_data(params.data, params.splits, params.seed, args.data_dir)
             for line in summary_lines(result.summary):
                 print(line)
             for w in result.warnings:

@@ -10,6 +10,9 @@ from __future__ import annotations
 CLASSES: tuple[str, ...] = ("normal", "benign", "malignant")
 CLASS_INDEX: dict[str, int] = {name: i for i, name in enumerate(CLASSES)}
 
+#: Column names of the class probabilities in every prediction table (``p_normal``, …).
+PROBA_COLUMNS: list[str] = [f"p_{c}" for c in CLASSES]
+
 #: The public release, as described by its paper and its files.
 BUSI = {
     "name": "BUSI (Breast Ultrasound Images Dataset)",

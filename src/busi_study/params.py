@@ -1,13 +1,18 @@
-"""Parameter profiles: YAML files in ``params/`` plus command-line overrides.
+"""Parameter profiles: YAML files in ``params/`` plus command-line overrides, turned into typed objects.
 
 A profile may name another in ``inherits:``; its keys override the parent's. Every key must
-exist in ``default.yaml``, so a typo is an error, not a silently ignored setting.
+exist in ``default.yaml``, so a typo is an error, not a silently ignored setting. ``default.yaml``
+holds the only default values; :class:`StudyParams` (one frozen dataclass per concern) is built
+from the flat keys once, checks their types, and is what recipes and the CV runner take.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -69,3 +74,354 @@ def apply_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> dict[s
                 raise ParameterError(f"parameter '{key}' must be a number, got {value!r}")
         out[key] = value
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Typed parameters. ``params/default.yaml`` is the only place with default values: these classes
+# have no defaults; they say which flat YAML key feeds which typed field, and check its type.
+# A section's flat key is ``PREFIX + field name``; a nested section (e.g. a training phase) adds
+# its field name and "_" to the prefix, unless the field is marked ``flat`` (same prefix).
+# ---------------------------------------------------------------------------------------------
+
+
+_FLAT = {"flat": True}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainParams:
+    """One training phase: epochs, batch size, Adam learning rate, early-stopping patience (None: off)."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    patience: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParams:
+    """Where the images come from and how near-duplicates are linked (PROTOCOL §2)."""
+
+    PREFIX: ClassVar[str] = ""
+    data_source: str
+    demo_seed: int
+    phash_threshold: int
+    dhash_threshold: int
+    hash_margin: int
+    ssim_min: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitParams:
+    """Grouped cross-validation (PROTOCOL §3); its seed is the study's ``seed``."""
+
+    PREFIX: ClassVar[str] = ""
+    n_splits: int
+    val_fraction: float
+    repeats: int
+
+
+@dataclasses.dataclass(frozen=True)
+class FigureParams:
+    """Galleries of the exploratory analysis (the resolution is the study's ``figure_dpi``)."""
+
+    PREFIX: ClassVar[str] = ""
+    gallery_groups: int
+    sample_grid_per_class: int
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentParams:
+    """Augmentation of the cached views (flip, rotation in degrees, zoom/shift/brightness/contrast as fractions)."""
+
+    PREFIX: ClassVar[str] = "aug_"
+    flip: bool
+    rotation_deg: float
+    zoom: float
+    shift: float
+    brightness: float
+    contrast: float
+
+
+@dataclasses.dataclass(frozen=True)
+class BootstrapParams:
+    """Group bootstrap of every CI (PROTOCOL §5)."""
+
+    PREFIX: ClassVar[str] = "bootstrap_"
+    resamples: int
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParams:
+    """Settings shared by every model notebook."""
+
+    PREFIX: ClassVar[str] = ""
+    weights: str
+    strict: bool
+    mobilenet_alpha: float
+    n_views: int
+    class_weight: bool
+    tta: bool
+    export_models: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceProtocolParams:
+    """The source studies' random image-level split (PROTOCOL §6)."""
+
+    PREFIX: ClassVar[str] = "source_"
+    protocol_repeats: int
+    test_fraction: float
+    val_fraction: float
+
+
+@dataclasses.dataclass(frozen=True)
+class S2Params:
+    """S2: small CNN from scratch."""
+
+    PREFIX: ClassVar[str] = "s2_"
+    input_size: int
+    train: TrainParams = dataclasses.field(metadata=_FLAT)
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Params:
+    """S3: frozen backbone → Flatten → dense head; one run per backbone."""
+
+    PREFIX: ClassVar[str] = "s3_"
+    backbones: list[str]
+    input_size: int
+    dropout: float
+    train: TrainParams = dataclasses.field(metadata=_FLAT)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkParams:
+    """Cached features vs frozen base in the loop (notebook 03)."""
+
+    PREFIX: ClassVar[str] = "benchmark_"
+    epochs: int
+    timing_images: int
+
+
+@dataclasses.dataclass(frozen=True)
+class S0Params:
+    """S0: MobileNetV2, head on the frozen base, then the top blocks fine-tuned."""
+
+    PREFIX: ClassVar[str] = "s0_"
+    input_size: int
+    unfreeze_blocks: int
+    dropout: float
+    head: TrainParams
+    finetune: TrainParams
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainParams:
+    """Error analysis and explanations (notebook of the error analysis)."""
+
+    PREFIX: ClassVar[str] = ""
+    gradcam_method: str
+    gradcam_tolerance: float
+    gradcam_max_per_fold: int | None
+    sanity_layers: int
+    sanity_images: int
+    gallery_per_pair: int
+
+
+@dataclasses.dataclass(frozen=True)
+class S4Params:
+    """S4: C4 + C5 features of a frozen backbone → SSDLite-style head, benign vs malignant (notebook 06).
+
+    ``train`` is S4's faithful recipe (batch 1, fixed epochs, last weights); ``es`` our early-stopped
+    variant; ``augmented_size`` the size of S4's augmented set; ``protocol_variant`` and
+    ``export_variant`` (faithful | early_stopped) say which recipe runs S4's protocol and which
+    final model is exported."""
+
+    PREFIX: ClassVar[str] = "s4_"
+    backbones: list[str]
+    input_size: int
+    head_channels: int
+    dropout: float
+    augmented_size: int
+    protocol_variant: str
+    export_variant: str
+    train: TrainParams = dataclasses.field(metadata=_FLAT)
+    es: TrainParams  # keys s4_es_*
+
+
+@dataclasses.dataclass(frozen=True)
+class TFLiteParams:
+    """On-device export (notebook 06): full-int8 calibration images (from training data only),
+    latency runs after a warm-up, and how many folds' out-of-fold images measure the agreement."""
+
+    PREFIX: ClassVar[str] = "tflite_"
+    representative_images: int
+    latency_runs: int
+    latency_warmup: int
+    agreement_folds: int | None
+
+
+#: Single values used across sections: the split seed (also seeds views, initialisation and
+#: batch order) and the figure resolution.
+SCALARS: dict[str, type] = {"seed": int, "figure_dpi": int}
+
+#: The sections of :class:`StudyParams`, in the order of default.yaml.
+SECTIONS: dict[str, type] = {
+    "data": DataParams, "splits": SplitParams, "figures": FigureParams, "models": ModelParams,
+    "augment": AugmentParams, "bootstrap": BootstrapParams, "source": SourceProtocolParams, "s2": S2Params,
+    "s3": S3Params, "benchmark": BenchmarkParams, "s0": S0Params, "explain": ExplainParams, "s4": S4Params,
+    "tflite": TFLiteParams,
+}
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> Any:
+    """``value`` as ``annotation`` (int → float allowed; bool never passes as a number), or ParameterError."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for opt in options:
+            if opt is type(None):
+                continue
+            try:
+                return _check_type(key, value, opt)
+            except ParameterError as exc:
+                errors.append(str(exc))
+        raise ParameterError(errors[0] if errors else f"parameter '{key}' has an unsupported type")
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)):
+            raise ParameterError(f"parameter '{key}' must be a list, got {value!r}")
+        return [_check_type(key, v, item) for v in value]
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ParameterError(f"parameter '{key}' must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParameterError(f"parameter '{key}' must be a whole number, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParameterError(f"parameter '{key}' must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ParameterError(f"parameter '{key}' must be text, got {value!r}")
+        return value
+    raise ParameterError(f"parameter '{key}': unsupported type {annotation!r}")
+
+
+def section_keys(cls: type, prefix: str | None = None) -> dict[str, tuple[str, ...]]:
+    """Flat YAML key → path of field names inside ``cls`` (e.g. ``s0_head_epochs`` → ("head", "epochs"))."""
+    prefix = cls.PREFIX if prefix is None else prefix
+    hints = typing.get_type_hints(cls)
+    out: dict[str, tuple[str, ...]] = {}
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            sub_prefix = prefix if f.metadata.get("flat") else f"{prefix}{f.name}_"
+            out.update({k: (f.name, *path) for k, path in section_keys(t, sub_prefix).items()})
+        else:
+            out[f"{prefix}{f.name}"] = (f.name,)
+    return out
+
+
+def _build(cls: type, flat: dict[str, Any], prefix: str | None = None) -> Any:
+    prefix = cls.PREFIX if prefix is None else prefix
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            kwargs[f.name] = _build(t, flat, prefix if f.metadata.get("flat") else f"{prefix}{f.name}_")
+        else:
+            key = f"{prefix}{f.name}"
+            if key not in flat:
+                raise ParameterError(f"parameter '{key}' is missing")
+            kwargs[f.name] = _check_type(key, flat[key], t)
+    return cls(**kwargs)
+
+
+def all_keys() -> dict[str, tuple[str, ...]]:
+    """Every flat key of the study → (section, field path); a scalar maps to (its own name,)."""
+    out: dict[str, tuple[str, ...]] = {k: (k,) for k in SCALARS}
+    for name, cls in SECTIONS.items():
+        out.update({k: (name, *path) for k, path in section_keys(cls).items()})
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyParams:
+    """All parameters of a run, typed, built once from a profile (+ overrides) or from a notebook's
+    parameters cell. A section is ``None`` when built from a notebook that declares none of its keys."""
+
+    seed: int | None = None
+    figure_dpi: int | None = None
+    data: DataParams | None = None
+    splits: SplitParams | None = None
+    figures: FigureParams | None = None
+    models: ModelParams | None = None
+    augment: AugmentParams | None = None
+    bootstrap: BootstrapParams | None = None
+    source: SourceProtocolParams | None = None
+    s2: S2Params | None = None
+    s3: S3Params | None = None
+    benchmark: BenchmarkParams | None = None
+    s0: S0Params | None = None
+    explain: ExplainParams | None = None
+    s4: S4Params | None = None
+    tflite: TFLiteParams | None = None
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any], partial: bool = False) -> StudyParams:
+        """Typed parameters from flat YAML keys. Unknown keys are an error; with ``partial`` a section
+        none of whose keys is given stays ``None`` (a notebook declares only what it uses), while a
+        section given in part is an error naming the missing keys."""
+        keys = all_keys()
+        unknown = sorted(set(flat) - set(keys))
+        if unknown:
+            raise ParameterError(f"unknown parameter(s) {', '.join(unknown)} (see params/default.yaml)")
+        sections: dict[str, Any] = {}
+        for key, t in SCALARS.items():
+            if key in flat:
+                sections[key] = _check_type(key, flat[key], t)
+            elif not partial:
+                raise ParameterError(f"parameter '{key}' is missing")
+        for name, scls in SECTIONS.items():
+            wanted = section_keys(scls)
+            given = [k for k in wanted if k in flat]
+            if partial and not given:
+                continue
+            missing = [k for k in wanted if k not in flat]
+            if missing:
+                raise ParameterError(f"section '{name}' needs {', '.join(missing)} as well")
+            sections[name] = _build(scls, flat)
+        return cls(**sections)
+
+    @classmethod
+    def from_profile(cls, name_or_path: str, params_dir: Path, overrides: dict[str, Any] | None = None) -> StudyParams:
+        """The whole typed parameter set of a profile, overrides applied."""
+        flat = apply_overrides(load_profile(name_or_path, params_dir), overrides or {})
+        return cls.from_flat(flat)
+
+    def flat(self) -> dict[str, Any]:
+        """Back to flat YAML keys (what papermill passes and run.json records)."""
+        out: dict[str, Any] = {}
+        for key, (section, *path) in all_keys().items():
+            obj = getattr(self, section)
+            if obj is None:
+                continue
+            for p in path:
+                obj = getattr(obj, p)
+            out[key] = obj
+        return out
+
+    def require(self, *sections: str) -> None:
+        """ParameterError naming the sections (or scalars) a notebook needs but did not declare."""
+        missing = [s for s in sections if getattr(self, s) is None]
+        if missing:
+            raise ParameterError(f"parameters missing for: {', '.join(missing)} (declare their keys in the parameters cell)")

@@ -26,7 +26,7 @@ import pandas as pd
 from .data.images import read_rgb
 from .data.manifest import IMAGE_SUFFIXES, MASK_RE
 from .errors import StudyError
-from .info import CLASSES
+from .info import CLASSES, PROBA_COLUMNS
 
 
 def list_images(paths: Iterable[str | Path]) -> list[Path]:
@@ -84,12 +84,12 @@ def predict_files(model, files: list[Path], batch_size: int = 16) -> pd.DataFram
             return
         proba = three_class(model.predict(np.stack(batch).astype(np.float32), verbose=0))
         for r, p in zip(batch_rows, proba):
-            r.update({f"p_{c}": float(v) for c, v in zip(CLASSES, p)}, predicted=_predicted(p))
+            r.update({col: float(v) for col, v in zip(PROBA_COLUMNS, p)}, predicted=_predicted(p))
         batch.clear()
         batch_rows.clear()
 
     for f in files:
-        row = {"path": str(f), **{f"p_{c}": np.nan for c in CLASSES}, "predicted": "", "error": ""}
+        row = {"path": str(f), **dict.fromkeys(PROBA_COLUMNS, np.nan), "predicted": "", "error": ""}
         rows.append(row)
         try:
             if not f.exists():
@@ -103,7 +103,7 @@ def predict_files(model, files: list[Path], batch_size: int = 16) -> pd.DataFram
         if len(batch) == batch_size:
             flush()
     flush()
-    return pd.DataFrame(rows, columns=["path", *[f"p_{c}" for c in CLASSES], "predicted", "error"])
+    return pd.DataFrame(rows, columns=["path", *PROBA_COLUMNS, "predicted", "error"])
 
 
 def predict_ensemble(models: list, files: list[Path], batch_size: int = 16) -> pd.DataFrame:
@@ -112,7 +112,7 @@ def predict_ensemble(models: list, files: list[Path], batch_size: int = 16) -> p
         raise StudyError("no model given")
     tables = [predict_files(m, files, batch_size) for m in models]
     out = tables[0].copy()
-    cols = [f"p_{c}" for c in CLASSES]
+    cols = PROBA_COLUMNS
     proba = np.mean([t[cols].to_numpy(dtype=np.float64) for t in tables], axis=0)
     out[cols] = proba
     ok = out["error"] == ""

@@ -62,3 +62,9 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def mask_paths(row, root: Path) -> list[Path]:
+    """Absolute mask paths of a manifest row (its ``mask_paths`` column: relative paths joined by ";")."""
+    text = row["mask_paths"] if isinstance(row["mask_paths"], str) else ""
+    return [Path(root) / p for p in text.split(";") if p]

@@ -7,18 +7,18 @@ near-duplicate groups → splits, each written to ``data/processed/<dataset>/``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from ..info import BUSI, CLASSES
+from ..params import DataParams, SplitParams
 from . import acquire as acq
 from .demo import demo_expected_counts
 from .duplicates import candidate_pairs, compute_hashes, distance_histogram, group_images, label_conflicts
 from .manifest import count_check, scan_dataset, write_csv
-from .reference import check_against_reference, summarise_reference_check
+from .release_check import check_against_reference, summarise_reference_check
 from .splits import check_split_invariants, make_splits, split_table
 from .store import ProcessedData, sha256_of, write_json
 
@@ -41,27 +41,20 @@ class PreparedData:
     warnings: list[str] = field(default_factory=list)
 
 
-def prepare_data(
-    data_source: str,
-    data_dir: Path,
-    *,
-    phash_threshold: int = 10,
-    dhash_threshold: int = 8,
-    hash_margin: int = 6,
-    ssim_min: float | None = None,
-    seed: int = 42,
-    n_splits: int = 5,
-    val_fraction: float = 0.125,
-    repeats: int = 1,
-    demo_seed: int = 0,
-    progress: bool = True,
-) -> PreparedData:
+def prepare_data(data: DataParams, splits_params: SplitParams, seed: int, data_dir: Path, *,
+                 progress: bool = True) -> PreparedData:
     """Run the data path and write every file; return the tables and the summary.
 
-    data_source: ``kaggle``, ``demo``, or a folder / ``.zip`` path. data_dir: the project's
-    ``data/`` folder (raw files are linked or unpacked under ``data/raw``, results go to
+    data.data_source: ``kaggle``, ``demo``, or a folder / ``.zip`` path; data's hash thresholds link
+    near-duplicates (PROTOCOL §2); splits_params and seed: the grouped CV (PROTOCOL §3). data_dir: the
+    project's ``data/`` folder (raw files are linked or unpacked under ``data/raw``, results go to
     ``data/processed/<busi|demo>/``).
     """
+    data_source, demo_seed = data.data_source, data.demo_seed
+    phash_threshold, dhash_threshold, hash_margin, ssim_min = (data.phash_threshold, data.dhash_threshold,
+                                                               data.hash_margin, data.ssim_min)
+    n_splits = splits_params.n_splits
+    val_fraction, repeats = splits_params.val_fraction, splits_params.repeats
     acquired = acq.acquire(data_source, Path(data_dir), demo_seed=demo_seed)
     store = ProcessedData(Path(data_dir) / "processed" / acquired.dataset)
     store.folder.mkdir(parents=True, exist_ok=True)
@@ -167,9 +160,3 @@ def summary_lines(summary: dict) -> list[str]:
     )
     lines.append(f"manifest sha256 {summary['manifest_sha256'][:16]}…")
     return lines
-
-
-def load_summary(processed_dir: Path) -> dict | None:
-    """The data summary of a processed dataset, or None if it has not been made."""
-    path = Path(processed_dir) / "data_summary.json"
-    return json.loads(path.read_text()) if path.exists() else None

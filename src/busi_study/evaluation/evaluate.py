@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..info import CLASS_INDEX, CLASSES
+from ..info import CLASS_INDEX, PROBA_COLUMNS
 from .bootstrap import group_bootstrap, resample_weights
 from .metrics import classification_metrics, collapse_flags, confusion_matrices, operating_points, per_fold_summary
 
-PROBA = [f"p_{c}" for c in CLASSES]
 #: Columns of the comparison table, in order (``auc_malignant`` is reported as ``malignant_auc``).
 HEADLINE = ["accuracy", "balanced_accuracy", "macro_f1", "kappa", "macro_auc", "malignant_auc",
             "benign_vs_malignant_auc", "log_loss", "brier", "ece", "sens_at_spec90", "spec_at_sens90"]
@@ -27,7 +26,7 @@ HEADLINE = ["accuracy", "balanced_accuracy", "macro_f1", "kappa", "macro_auc", "
 def arrays(pred: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(y, proba, groups) from a prediction table."""
     y = pred["label"].map(CLASS_INDEX).to_numpy()
-    proba = pred[PROBA].to_numpy(dtype=np.float64)
+    proba = pred[PROBA_COLUMNS].to_numpy(dtype=np.float64)
     proba = proba / proba.sum(axis=1, keepdims=True)
     return y, proba, pred["group_id"].astype(str).to_numpy()
 
@@ -38,6 +37,24 @@ def _ci_table(boot: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def fold_operating_points(test: pd.DataFrame, val: pd.DataFrame):
+    """Per outer fold: (fold, its test rows, the malignant operating points whose thresholds were
+    chosen on that fold's validation predictions — ``threshold_spec90``, ``threshold_sens90``, …)."""
+    for fold, t in test.groupby("fold"):
+        v = val[val["fold"] == fold]
+        yv, pv, _ = arrays(v)
+        yt, pt, _ = arrays(t)
+        yield fold, t, operating_points(yv, pv, yt, pt)
+
+
+def missed_malignancies(test: pd.DataFrame, val: pd.DataFrame, at: str = "threshold_spec90") -> pd.DataFrame:
+    """Malignant test images whose ``p_malignant`` falls below their fold's validation-chosen
+    threshold (default: the 90 %-specificity one); the threshold is added as a column."""
+    missed = [t[(t["label"] == "malignant") & (t["p_malignant"] < op[at])].assign(threshold=op[at])
+              for _fold, t, op in fold_operating_points(test, val)]
+    return pd.concat(missed) if missed else test.iloc[:0].assign(threshold=[])
+
+
 def pooled_operating_points(test: pd.DataFrame, val: pd.DataFrame, n_resamples: int, seed: int) -> pd.DataFrame:
     """Sensitivity at 90 % specificity and specificity at 90 % sensitivity (malignant vs rest).
 
@@ -45,11 +62,8 @@ def pooled_operating_points(test: pd.DataFrame, val: pd.DataFrame, n_resamples: 
     fold; decisions are pooled over folds; CIs by group bootstrap of the pooled decisions.
     """
     parts = []
-    for fold, t in test.groupby("fold"):
-        v = val[val["fold"] == fold]
-        yv, pv, _ = arrays(v)
+    for _fold, t, op in fold_operating_points(test, val):
         yt, pt, gt = arrays(t)
-        op = operating_points(yv, pv, yt, pt)
         parts.append(pd.DataFrame({
             "group": gt, "positive": yt == CLASS_INDEX["malignant"],
             "call_spec90": pt[:, 2] >= op["threshold_spec90"], "call_sens90": pt[:, 2] >= op["threshold_sens90"],

@@ -148,3 +148,33 @@ def timing_only(recipe: Recipe, store, splits: pd.DataFrame, epochs: int, n_trai
                 float(info["seconds"]), metrics_meaningful=False)
     out["one_time_cache_images"] = [len(sub) * n_views, np.nan]
     return out
+
+
+def benchmark_frozen_heads(runs: list, store, seed: int, epochs: int, timing_images: int) -> pd.DataFrame | None:
+    """Notebook 03's benchmark: cached vs in-loop on the last trained frozen-head run (same fold,
+    same batches), and timing-only rows (random weights, ``timing_images`` images) for every run
+    skipped for missing weights. ``runs``: :class:`~busi_study.models.model_run.ModelRun` objects.
+    None when there is nothing to benchmark."""
+    splits = store.read("splits")
+    splits = splits[splits["seed"] == seed]
+    benches = []
+    trained = [r for r in runs if not r.skipped and r.recipe.kind == "frozen_head"]
+    if trained:
+        benches.append(cached_vs_in_loop(trained[-1].experiment, splits, epochs=epochs))
+    for run in runs:
+        if run.skipped and timing_images:
+            benches.append(timing_only(run.recipe, store, splits, epochs=epochs, n_train=timing_images, seed=seed))
+    return pd.concat(benches, ignore_index=True) if benches else None
+
+
+def describe_benchmark(bench: pd.DataFrame) -> str:
+    """One Markdown bullet per (backbone, weights): speed ratio, seconds per epoch, cache cost, and
+    how far apart the features and probabilities of the two ways are."""
+    lines = []
+    for (bb, w), part in bench.groupby(["backbone", "weights"], sort=False):
+        c = part.iloc[0]
+        lines.append(f"- **{bb}** ({w}): cached features **{c['speed_ratio']:.1f}× faster** per epoch "
+                     f"({c['seconds_per_epoch']:.2f} s vs {part.iloc[1]['seconds_per_epoch']:.2f} s for {int(c['n_train'])} "
+                     f"training images; one-time cache {c['one_time_cache_s']:.0f} s); largest difference of the backbone "
+                     f"outputs the head sees: {c['max_abs_feature_diff']:.2g}; of the test probabilities: {c['max_abs_prob_diff']:.2g}.")
+    return "\n".join(lines)

@@ -22,14 +22,12 @@ import pandas as pd
 
 from ..data.arrays import labels_and_groups, load_image_array
 from ..data.store import ProcessedData, sha256_of
-from ..info import CLASSES
+from ..info import PROBA_COLUMNS
 from . import builders
 from .features import cache_key, frozen_outputs, image_views
 from .recipes import Recipe
 from .registry import get_spec
 from .training import TrainResult, predict, train
-
-PROBA_COLUMNS = [f"p_{c}" for c in CLASSES]
 
 
 @dataclass

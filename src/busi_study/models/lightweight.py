@@ -37,8 +37,10 @@ from ..data.augmented_split import augmented_pool, leak_counts, random_split, vi
 from ..data.store import ProcessedData, sha256_of
 from ..evaluation.metrics import classification_metrics
 from ..info import CLASSES
+from ..params import AugmentParams, ModelParams, S4Params
 from .augment import AugmentConfig, views_batch
 from .features import cache_key
+from .recipes import augment_config, backbone_kwargs, train_config
 from .registry import build_backbone, feature_tensors, get_spec
 from .training import TrainConfig, TrainResult, train
 
@@ -80,27 +82,24 @@ class LightweightRecipe:
         return asdict(self)
 
 
-def s4_recipe(params: dict, backbone: str, variant: str) -> LightweightRecipe:
-    """``variant``: ``faithful`` (S4: batch 1, fixed epochs, last weights) or ``early_stopped``."""
+def s4_recipe(s4: S4Params, models: ModelParams, augment: AugmentParams, backbone: str, variant: str) -> LightweightRecipe:
+    """``variant``: ``faithful`` (S4: batch 1, fixed epochs, last epoch's weights, ``s4_*``) or
+    ``early_stopped`` (``s4_es_*``, best validation-loss weights)."""
     if variant == "faithful":
-        cfg = TrainConfig(epochs=int(params["s4_epochs"]), batch_size=int(params["s4_batch_size"]),
-                          learning_rate=float(params["s4_learning_rate"]), patience=None,
-                          class_weight=bool(params["class_weight"]), restore_best=False, steps_per_execution=32)
+        t = s4.train
+        # batch 1: 32 batches per compiled call give the same updates with less per-step overhead
+        cfg = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate, patience=t.patience,
+                          class_weight=models.class_weight, restore_best=False,
+                          steps_per_execution=32 if t.batch_size == 1 else 1)
     elif variant == "early_stopped":
-        cfg = TrainConfig(epochs=int(params["s4_es_epochs"]), batch_size=int(params["s4_es_batch_size"]),
-                          learning_rate=float(params["s4_learning_rate"]), patience=int(params["s4_es_patience"]),
-                          class_weight=bool(params["class_weight"]))
+        cfg = train_config(s4.es, models.class_weight)
     else:
         raise ValueError("variant must be 'faithful' or 'early_stopped'")
-    kwargs = {"alpha": float(params["mobilenet_alpha"])} if backbone == "mobilenet_v2" else {}
-    alpha = f"-a{params['mobilenet_alpha']}" if backbone == "mobilenet_v2" else ""
+    alpha = f"-a{models.mobilenet_alpha}" if backbone == "mobilenet_v2" else ""
     return LightweightRecipe(
-        name=f"s4_c4c5-{backbone}{alpha}-{variant}", backbone=backbone, input_size=int(params["s4_input_size"]),
-        train=cfg, backbone_kwargs=kwargs, weights=params["weights"], head_channels=int(params["s4_head_channels"]),
-        dropout=float(params["s4_dropout"]), n_views=int(params["n_views"]),
-        augment=AugmentConfig(flip=bool(params["aug_flip"]), rotation_deg=float(params["aug_rotation_deg"]),
-                              zoom=float(params["aug_zoom"]), shift=float(params["aug_shift"]),
-                              brightness=float(params["aug_brightness"]), contrast=float(params["aug_contrast"])),
+        name=f"s4_c4c5-{backbone}{alpha}-{variant}", backbone=backbone, input_size=s4.input_size, train=cfg,
+        backbone_kwargs=backbone_kwargs(backbone, models.mobilenet_alpha), weights=models.weights,
+        head_channels=s4.head_channels, dropout=s4.dropout, n_views=models.n_views, augment=augment_config(augment),
     )
 
 

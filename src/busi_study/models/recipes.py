@@ -1,6 +1,6 @@
 """Recipes: everything that defines one model of the study, built from profile parameters.
 
-A recipe names the architecture (S2's CNN from scratch, S3's head on a frozen backbone, S0's
+Recipes take the typed parameter sections of :mod:`busi_study.params`. A recipe names the architecture (S2's CNN from scratch, S3's head on a frozen backbone, S0's
 two-phase fine-tuning), the backbone and its weights, the input size, the training settings,
 the number of cached augmented views and the augmentation. Results files record the recipe.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..params import AugmentParams, ModelParams, S0Params, S2Params, S3Params, TrainParams
 from .augment import AugmentConfig
 from .registry import describe_weights, get_spec
 from .training import TrainConfig
@@ -74,48 +75,44 @@ class Recipe:
         return d
 
 
-def _train_cfg(params: dict, prefix: str) -> TrainConfig:
-    return TrainConfig(
-        epochs=int(params[f"{prefix}_epochs"]),
-        batch_size=int(params[f"{prefix}_batch_size"]),
-        learning_rate=float(params[f"{prefix}_learning_rate"]),
-        patience=params.get(f"{prefix}_patience"),
-        class_weight=bool(params.get("class_weight", True)),
-    )
+def train_config(train: TrainParams, class_weight: bool) -> TrainConfig:
+    """A training phase from its typed parameters."""
+    return TrainConfig(epochs=train.epochs, batch_size=train.batch_size, learning_rate=train.learning_rate,
+                       patience=train.patience, class_weight=class_weight)
 
 
-def augment_from(params: dict) -> AugmentConfig:
-    return AugmentConfig(
-        flip=bool(params.get("aug_flip", True)), rotation_deg=float(params.get("aug_rotation_deg", 10)),
-        zoom=float(params.get("aug_zoom", 0.1)), shift=float(params.get("aug_shift", 0.05)),
-        brightness=float(params.get("aug_brightness", 0.1)), contrast=float(params.get("aug_contrast", 0.1)),
-    )
+def augment_config(aug: AugmentParams) -> AugmentConfig:
+    return AugmentConfig(flip=aug.flip, rotation_deg=aug.rotation_deg, zoom=aug.zoom, shift=aug.shift,
+                         brightness=aug.brightness, contrast=aug.contrast)
 
 
-def s2_recipe(params: dict) -> Recipe:
-    return Recipe(name="s2_cnn", kind="scratch", input_size=int(params["s2_input_size"]), train=_train_cfg(params, "s2"),
-                  source_study="S2", weights=None, n_views=int(params["n_views"]), augment=augment_from(params))
+def backbone_kwargs(backbone: str, mobilenet_alpha: float) -> dict:
+    return {"alpha": float(mobilenet_alpha)} if backbone == "mobilenet_v2" else {}
 
 
-def backbone_kwargs(params: dict, backbone: str) -> dict:
-    return {"alpha": float(params["mobilenet_alpha"])} if backbone == "mobilenet_v2" else {}
+def s2_recipe(s2: S2Params, models: ModelParams, augment: AugmentParams) -> Recipe:
+    """S2's small CNN from scratch."""
+    return Recipe(name="s2_cnn", kind="scratch", input_size=s2.input_size, train=train_config(s2.train, models.class_weight),
+                  source_study="S2", weights=None, n_views=models.n_views, augment=augment_config(augment))
 
 
-def s3_recipe(params: dict, backbone: str) -> Recipe:
+def s3_recipe(s3: S3Params, models: ModelParams, augment: AugmentParams, backbone: str) -> Recipe:
+    """S3's Flatten → dense head on a frozen backbone."""
     return Recipe(
-        name=f"s3_head-{backbone}" + (f"-a{params['mobilenet_alpha']}" if backbone == "mobilenet_v2" else ""),
-        kind="frozen_head", input_size=int(params["s3_input_size"]), train=_train_cfg(params, "s3"), source_study="S3",
-        backbone=backbone, backbone_kwargs=backbone_kwargs(params, backbone), weights=params["weights"], head="s3",
-        head_dropout=float(params["s3_dropout"]), n_views=int(params["n_views"]), augment=augment_from(params),
+        name=f"s3_head-{backbone}" + (f"-a{models.mobilenet_alpha}" if backbone == "mobilenet_v2" else ""),
+        kind="frozen_head", input_size=s3.input_size, train=train_config(s3.train, models.class_weight), source_study="S3",
+        backbone=backbone, backbone_kwargs=backbone_kwargs(backbone, models.mobilenet_alpha), weights=models.weights,
+        head="s3", head_dropout=s3.dropout, n_views=models.n_views, augment=augment_config(augment),
     )
 
 
-def s0_recipe(params: dict) -> Recipe:
-    alpha = params["mobilenet_alpha"]
+def s0_recipe(s0: S0Params, models: ModelParams, augment: AugmentParams) -> Recipe:
+    """S0's MobileNetV2: head on the frozen base, then the top ``unfreeze_blocks`` blocks fine-tuned."""
+    alpha = models.mobilenet_alpha
     return Recipe(
-        name=f"s0_finetune-mobilenet_v2-a{alpha}-b{params['s0_unfreeze_blocks']}", kind="finetune",
-        input_size=int(params["s0_input_size"]), train=_train_cfg(params, "s0_head"), source_study="S0",
-        backbone="mobilenet_v2", backbone_kwargs={"alpha": float(alpha)}, weights=params["weights"], head="gap",
-        head_dropout=float(params["s0_dropout"]), finetune=_train_cfg(params, "s0_finetune"),
-        unfreeze_blocks=int(params["s0_unfreeze_blocks"]), n_views=int(params["n_views"]), augment=augment_from(params),
+        name=f"s0_finetune-mobilenet_v2-a{alpha}-b{s0.unfreeze_blocks}", kind="finetune",
+        input_size=s0.input_size, train=train_config(s0.head, models.class_weight), source_study="S0",
+        backbone="mobilenet_v2", backbone_kwargs={"alpha": float(alpha)}, weights=models.weights, head="gap",
+        head_dropout=s0.dropout, finetune=train_config(s0.finetune, models.class_weight),
+        unfreeze_blocks=s0.unfreeze_blocks, n_views=models.n_views, augment=augment_config(augment),
     )

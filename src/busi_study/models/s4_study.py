@@ -4,7 +4,8 @@ Every step is one call from the notebook:
 
 * :func:`run_variant` — grouped CV of one training variant on the shared C4/C5 cache, evaluated
   under the protocol (binary metrics with group-bootstrap CIs), written to
-  ``reports/<run>/results_binary/<name>/`` (kept apart from the three-class ``results/``);
+  ``reports/<run>/results_binary/<name>/`` (kept apart from the three-class results store, whose
+  readers expect three-class predictions);
 * :func:`compare_with_three_class` — paired group bootstrap of the binary model's
   benign-vs-malignant AUC against each three-class model's, on the same out-of-fold lesion images;
 * :func:`protocol_table` — S4's claim / S4's protocol / augment-after-split / grouped CV;
@@ -24,12 +25,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import provenance
 from ..data.arrays import load_image_array
 from ..data.augmented_split import S4_AUGMENTED_SET_SIZE
 from ..data.store import ProcessedData, sha256_of, write_json
 from ..evaluation.binary import binary_table, paired_lesion_comparison
 from ..evaluation.evaluate import Evaluation, evaluate, wide_row
 from ..info import CLASS_INDEX, SOURCE_STUDIES
+from ..params import BootstrapParams, TFLiteParams
+from ..results import ResultsStore
 from . import tflite
 from .lightweight import BinaryCV, LightweightExperiment, LightweightRecipe
 
@@ -47,6 +51,11 @@ def results_dir(report_dir: Path, name: str) -> Path:
     return Path(report_dir) / "results_binary" / name
 
 
+def _provenance() -> dict:
+    repo = Path(__file__).resolve().parents[3]
+    return {"git": provenance.git_info(repo), "packages": provenance.package_versions(), "hardware": provenance.hardware()}
+
+
 def variant(ex: LightweightExperiment, recipe: LightweightRecipe) -> LightweightExperiment:
     """The same experiment (backbone, cache) with another training recipe."""
     import copy
@@ -59,14 +68,12 @@ def variant(ex: LightweightExperiment, recipe: LightweightRecipe) -> Lightweight
     return out
 
 
-def run_variant(ex: LightweightExperiment, splits: pd.DataFrame, params: dict, report_dir: Path,
-                provenance: dict | None = None) -> VariantRun:
-    """Grouped CV of ``ex.recipe``, evaluated and written (see module docstring)."""
+def run_variant(ex: LightweightExperiment, splits: pd.DataFrame, bootstrap: BootstrapParams, report_dir: Path) -> VariantRun:
+    """Grouped CV of ``ex.recipe`` on ``splits`` (one seed), evaluated and written (see module docstring)."""
     cv = ex.cross_validate(splits)
     groups = ex.store.read("groups")
     conflicts = set(groups.loc[groups["label_conflict"], "image_id"])
-    ev = evaluate(cv.oof, cv.val, conflict_ids=conflicts, n_resamples=int(params["bootstrap_resamples"]),
-                  seed=int(params["bootstrap_seed"]))
+    ev = evaluate(cv.oof, cv.val, conflict_ids=conflicts, n_resamples=bootstrap.resamples, seed=bootstrap.seed)
     run = VariantRun(ex.recipe, cv, ev, binary_table(ev), results_dir(report_dir, ex.recipe.name))
     out = run.results_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -76,40 +83,35 @@ def run_variant(ex: LightweightExperiment, splits: pd.DataFrame, params: dict, r
     run.table.to_csv(out / "metrics_binary.csv", index=False)
     write_json({
         "model": ex.recipe.name, "title": ex.recipe.title, "recipe": ex.recipe.as_dict(), "task": "benign vs malignant",
-        "protocol": f"grouped {params['n_splits']}-fold CV restricted to lesion images, seed {params['seed']}, pooled out-of-fold",
+        "protocol": f"grouped {splits['fold'].nunique()}-fold CV restricted to lesion images, seed {splits['seed'].iloc[0]}, "
+                    "pooled out-of-fold",
         "n": int(len(cv.oof)), "binary": run.table.to_dict(orient="records"),
         "pooled": ev.pooled.to_dict(orient="records"), "collapse_flags": ev.collapse,
         "without_label_conflicts": None if ev.without_conflicts is None else ev.without_conflicts.to_dict(orient="records"),
         "timing": {**ex.timing, "per_fold": cv.timing.to_dict(orient="records")},
-        "bootstrap": {"resamples": params["bootstrap_resamples"], "seed": params["bootstrap_seed"], "ci": 0.95},
-        "data_manifest_sha256": sha256_of(ex.store.manifest), **(provenance or {}),
+        "bootstrap": {"resamples": bootstrap.resamples, "seed": bootstrap.seed, "ci": 0.95},
+        "data_manifest_sha256": sha256_of(ex.store.manifest), **_provenance(),
     }, out / "metrics.json")
     return run
 
 
-def three_class_results(report_dir: Path) -> dict[str, pd.DataFrame]:
-    """Out-of-fold predictions of every three-class model of the run (``results/<model>/oof.csv``)."""
-    return {d.name: pd.read_csv(d / "oof.csv") for d in sorted((Path(report_dir) / "results").glob("*"))
-            if (d / "oof.csv").exists()}
-
-
-def compare_with_three_class(run: VariantRun, report_dir: Path, n_resamples: int, seed: int) -> pd.DataFrame:
-    """Paired group bootstrap: this binary model minus each three-class model, lesion images only."""
+def compare_with_three_class(run: VariantRun, results: ResultsStore, bootstrap: BootstrapParams) -> pd.DataFrame:
+    """Paired group bootstrap: this binary model minus each three-class model of the run, lesion images only."""
     rows = []
-    for name, oof in three_class_results(report_dir).items():
-        t = paired_lesion_comparison(run.cv.oof, oof, n_resamples=n_resamples, seed=seed)
+    for name, res in results.load_trained().items():
+        t = paired_lesion_comparison(run.cv.oof, res.oof, n_resamples=bootstrap.resamples, seed=bootstrap.seed)
         rows.append(t.assign(model_a=run.recipe.name, model_b=name))
     cols = ["model_a", "model_b", "metric", "n", "a", "b", "diff", "ci_low", "ci_high", "p_two_sided"]
     return pd.concat(rows, ignore_index=True)[cols] if rows else pd.DataFrame(columns=cols)
 
 
-def protocol_table(ex: LightweightExperiment, grouped: VariantRun, params: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+def protocol_table(ex: LightweightExperiment, grouped: VariantRun, augmented_size: int, seed: int
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """S4's claim beside S4's protocol, augment-after-split and grouped CV (same recipe).
 
     Returns (table with one row per protocol, S4-protocol test predictions per item).
     """
-    seed = int(params["seed"])
-    before, pred = ex.augment_before_split(int(params["s4_augmented_size"]), seed)
+    before, pred = ex.augment_before_split(augmented_size, seed)
     after = ex.augment_after_split(seed)
     g = grouped.table.set_index("metric")
     claims = SOURCE_STUDIES["S4"]["claims"]
@@ -136,7 +138,7 @@ def protocol_table(ex: LightweightExperiment, grouped: VariantRun, params: dict)
 
 
 # ---------------------------------------------------------------- export
-def _card(recipe: LightweightRecipe, run: VariantRun, store: ProcessedData, epochs: int, provenance: dict) -> dict:
+def _card(recipe: LightweightRecipe, run: VariantRun, store: ProcessedData, epochs: int) -> dict:
     return {
         "model": recipe.name, "title": recipe.title, "source_study": "S4", "task": "benign vs malignant",
         "classes": ["benign", "malignant"], "output": "p_malignant (one sigmoid unit), shape (n, 1)",
@@ -148,7 +150,7 @@ def _card(recipe: LightweightRecipe, run: VariantRun, store: ProcessedData, epoc
         "trained_on": f"all {len(run.cv.oof)} lesion images (benign + malignant), {epochs} epochs",
         "cv_metrics": {"protocol": "grouped 5-fold CV on lesion images, pooled out-of-fold, 95% group-bootstrap CI",
                        **{r["metric"]: [r["value"], r["ci_low"], r["ci_high"]] for r in run.table.to_dict(orient="records")}},
-        "data_manifest_sha256": sha256_of(store.manifest), "not_for_clinical_use": True, **provenance,
+        "data_manifest_sha256": sha256_of(store.manifest), "not_for_clinical_use": True, **_provenance(),
     }
 
 
@@ -159,21 +161,18 @@ def representative_images(images: np.ndarray, idx: np.ndarray, n: int, seed: int
     return images[take]
 
 
-def export_final_s4(ex: LightweightExperiment, run: VariantRun, params: dict, report_dir: Path,
-                    provenance: dict | None = None) -> dict:
+def export_final_s4(ex: LightweightExperiment, run: VariantRun, results: ResultsStore, seed: int, tfl: TFLiteParams) -> dict:
     """Train on every lesion image, save ``models/<name>.keras`` + card, and its TFLite files + cards."""
     r = ex.recipe
     epochs = r.train.epochs if r.train.patience is None else max(1, int(round(float(run.cv.timing["best_epoch"].median()))))
-    head, _ = ex.fit(np.arange(len(ex.y)), None, int(params["seed"]) + 99, epochs=epochs)
+    head, _ = ex.fit(np.arange(len(ex.y)), None, seed + 99, epochs=epochs)
     model = ex.full_model(head)
-    out = Path(report_dir) / "models"
-    out.mkdir(parents=True, exist_ok=True)
-    keras_path = out / f"{r.name}.keras"
+    keras_path = results.exported_model_path(r.name)
     model.save(keras_path)
-    card = _card(r, run, ex.store, epochs, provenance or {})
+    card = _card(r, run, ex.store, epochs)
     write_json(card, keras_path.with_suffix(".json"))
-    rep = representative_images(ex.images, np.arange(len(ex.y)), int(params["tflite_representative_images"]), int(params["seed"]))
-    paths = tflite.export_all(model, out / r.name, rep)
+    rep = representative_images(ex.images, np.arange(len(ex.y)), tfl.representative_images, seed)
+    paths = tflite.export_all(model, keras_path.with_suffix(""), rep)
     for mode, p in paths.items():
         write_json({**card, "format": f"TFLite {mode}", "runtime": tflite.RUNTIME, "keras_model": keras_path.name,
                     "representative_data": f"{len(rep)} training images" if mode == "full_int8" else None},
@@ -181,7 +180,7 @@ def export_final_s4(ex: LightweightExperiment, run: VariantRun, params: dict, re
     return {"keras": keras_path, **paths}
 
 
-def export_final_keras(keras_path: Path, images: np.ndarray, params: dict) -> dict:
+def export_final_keras(keras_path: Path, images: np.ndarray, seed: int, tfl: TFLiteParams) -> dict:
     """TFLite files (four precisions) + cards beside an exported three-class ``.keras`` model;
     ``images`` are its training images (all images of the dataset) for full-int8 calibration."""
     import keras
@@ -190,7 +189,7 @@ def export_final_keras(keras_path: Path, images: np.ndarray, params: dict) -> di
 
     keras_path = Path(keras_path)
     model = keras.models.load_model(keras_path, compile=False)
-    rep = representative_images(images, np.arange(len(images)), int(params["tflite_representative_images"]), int(params["seed"]))
+    rep = representative_images(images, np.arange(len(images)), tfl.representative_images, seed)
     stem = keras_path.with_suffix("")
     paths = tflite.export_all(model, stem, rep)
     card_path = keras_path.with_suffix(".json")
@@ -203,7 +202,7 @@ def export_final_keras(keras_path: Path, images: np.ndarray, params: dict) -> di
 
 
 def fold_agreement(fold_models: list, fold_sets: list[dict], images: np.ndarray, labels: np.ndarray, binary: bool,
-                   params: dict) -> pd.DataFrame:
+                   seed: int, tfl: TFLiteParams) -> pd.DataFrame:
     """Each fold's Keras model vs its TFLite conversions on that fold's test images, pooled over folds.
 
     fold_models: Keras full models (image → probabilities), one per fold; fold_sets: per fold
@@ -213,8 +212,7 @@ def fold_agreement(fold_models: list, fold_sets: list[dict], images: np.ndarray,
     and TFLite on the pooled out-of-fold images (the first ``tflite_agreement_folds`` folds;
     null: all), with ``folds`` saying how many.
     """
-    n_rep, seed = int(params["tflite_representative_images"]), int(params["seed"])
-    k_max = params.get("tflite_agreement_folds")
+    n_rep, k_max = tfl.representative_images, tfl.agreement_folds
     if k_max:
         fold_models, fold_sets = fold_models[: int(k_max)], fold_sets[: int(k_max)]
     pk, pt = [], {m: [] for m in tflite.MODES}
@@ -253,46 +251,43 @@ def three_class_fold_sets(store: ProcessedData, splits: pd.DataFrame) -> tuple[l
     return sets, manifest["label"].map(CLASS_INDEX).to_numpy()
 
 
-def best_three_class(report_dir: Path, metric: str = "benign_vs_malignant_auc") -> str | None:
-    """The three-class model of the run with the highest pooled ``metric`` that has fold models."""
+def best_three_class(results: ResultsStore, metric: str = "benign_vs_malignant_auc") -> str | None:
+    """The three-class model of the run with the highest pooled ``metric`` that has fold models
+    and an exported final model."""
     best, best_v = None, -np.inf
-    for d in sorted((Path(report_dir) / "results").glob("*")):
-        if not (d / "metrics.json").exists() or not list(d.glob("fold*.keras")):
+    for name, record in results.records().items():
+        res = results.load(name)
+        if not res.fold_model_paths() or not results.exported_model_path(name).exists():
             continue
-        pooled = {r["metric"]: r["value"] for r in json.loads((d / "metrics.json").read_text())["pooled"]}
+        pooled = {r["metric"]: r["value"] for r in record["pooled"]}
         v = pooled.get(metric, np.nan)
         if np.isfinite(v) and v > best_v:
-            best, best_v = d.name, v
+            best, best_v = name, v
     return best
 
 
-def load_fold_models(report_dir: Path, name: str) -> list:
+def load_fold_models(results: ResultsStore, name: str) -> list:
     import keras
 
-    from . import builders  # noqa: F401
+    from . import builders  # noqa: F401  (registers the preprocessing layer)
 
-    files = sorted((Path(report_dir) / "results" / name).glob("fold*.keras"), key=lambda p: int(p.stem[4:]))
-    return [keras.models.load_model(f, compile=False) for f in files]
-
-
-def three_class_images(store: ProcessedData, name: str, report_dir: Path) -> np.ndarray:
-    """All images at the input size of the three-class model ``name`` (from its exported card or fold model)."""
-    card = Path(report_dir) / "models" / f"{name}.json"
-    size = json.loads(card.read_text())["input"]["size"][0] if card.exists() else None
-    if size is None:
-        size = int(load_fold_models(report_dir, name)[0].inputs[0].shape[1])
-    return load_image_array(store, int(size), progress=False)
+    return [keras.models.load_model(f, compile=False) for f in results.load(name).fold_model_paths()]
 
 
-def latency_table(paths: dict, image_files: list[Path], params: dict) -> pd.DataFrame:
+def three_class_images(store: ProcessedData, results: ResultsStore, name: str) -> np.ndarray:
+    """All images at the input size of the three-class model ``name`` (its exported card says it)."""
+    card = json.loads(results.exported_model_path(name).with_suffix(".json").read_text())
+    return load_image_array(store, int(card["input"]["size"][0]), progress=False)
+
+
+def latency_table(paths: dict, image_files: list[Path], tfl: TFLiteParams) -> pd.DataFrame:
     """Per-image latency (preprocessing included) of each TFLite file, with 1 and 2 threads."""
     rows = []
     for mode in tflite.MODES:
         if mode not in paths:
             continue
         for threads in (1, 2):
-            lat = tflite.latency(paths[mode], image_files, threads, runs=int(params["tflite_latency_runs"]),
-                                 warmup=int(params["tflite_latency_warmup"]))
+            lat = tflite.latency(paths[mode], image_files, threads, runs=tfl.latency_runs, warmup=tfl.latency_warmup)
             rows.append({"format": mode, **lat})
     return pd.DataFrame(rows)
 

@@ -8,9 +8,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from ..info import CLASSES
-
-PROBA = [f"p_{c}" for c in CLASSES]
+from ..info import CLASSES, PROBA_COLUMNS
 
 
 def learning_curves(history: pd.DataFrame, title: str):
@@ -58,7 +56,7 @@ def roc_one_vs_rest(pred: pd.DataFrame, title: str, auc: dict[str, float] | None
     """One-vs-rest ROC curves of the pooled out-of-fold predictions, one per class."""
     fig, ax = plt.subplots(figsize=(4.8, 4.4))
     y = pred["label"].to_numpy()
-    for c, col in zip(CLASSES, PROBA):
+    for c, col in zip(CLASSES, PROBA_COLUMNS):
         pos = y == c
         if pos.all() or not pos.any():
             continue
@@ -90,16 +88,48 @@ def roc_overlay(preds: dict[str, pd.DataFrame], title: str, positive: str = "mal
     return fig
 
 
-def reliability(tables: dict[str, pd.DataFrame], title: str):
-    """Reliability diagrams (accuracy vs confidence per bin) for one or more prediction sets."""
-    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+def _reliability_axes(ax, tables: dict[str, pd.DataFrame], title: str, legend_size: float = 7) -> None:
     for name, t in tables.items():
         t = t[t["count"] > 0]
         ax.plot(t["confidence"], t["accuracy"], marker="o", ms=3, lw=1.2, label=name)
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
     ax.set_xlabel("confidence (top-label probability)")
     ax.set_ylabel("accuracy")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=legend_size)
+    ax.set_title(title, fontsize=9)
+
+
+def reliability(tables: dict[str, pd.DataFrame], title: str):
+    """Reliability diagrams (accuracy vs confidence per bin) for one or more prediction sets
+    (tables from :func:`busi_study.evaluation.calibration.reliability_table`)."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    _reliability_axes(ax, tables, title)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_before_after(before: dict[str, pd.DataFrame], after: dict[str, pd.DataFrame], title: str):
+    """Two reliability panels: before and after temperature scaling, one line per model."""
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.2))
+    _reliability_axes(axes[0], before, "before", legend_size=6)
+    _reliability_axes(axes[1], after, "after temperature scaling", legend_size=6)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def pointing_game(table: pd.DataFrame, title: str):
+    """Pointing-game hit rate with 95 % CI per (model, map); baselines in red.
+    ``table``: rows of the localisation summary for one measure and subset."""
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    labels = []
+    for k, ((model, mp), row) in enumerate(table.set_index(["model", "map"]).iterrows()):
+        ax.errorbar(k, row["value"], yerr=[[row["value"] - row["ci_low"]], [row["ci_high"] - row["value"]]], fmt="o", capsize=3,
+                    color="#c44e52" if "baseline" in mp else "#4c72b0")
+        labels.append(f"{model}\n{mp}")
+    ax.set_xticks(range(len(labels)), labels, fontsize=5.5, rotation=60, ha="right")
+    ax.set_ylabel("pointing-game hit rate")
+    ax.set_ylim(0, 1)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import provenance
 from ..errors import ParameterError, StudyError
 from ..info import DEMO_BANNER
-from . import metadata
 
 NOTEBOOK_RE = re.compile(r"^(?P<num>\d\d)_[A-Za-z0-9_]+\.ipynb$")
 KERNEL_NAME = "busi-study"
@@ -205,10 +205,10 @@ def run_study(cfg: RunConfig) -> int:
         "profile": cfg.profile,
         "command": " ".join(cfg.argv) if cfg.argv else None,
         "started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "git": metadata.git_info(repo),
+        "git": provenance.git_info(repo),
         "params": base_params,
-        "packages": metadata.package_versions(),
-        "hardware": metadata.hardware(),
+        "packages": provenance.package_versions(),
+        "hardware": provenance.hardware(),
         "kernel": kernel,
         "demo": cfg.demo,
         "partial_of": previous.name if (partial and previous) else None,

@@ -6,7 +6,6 @@ Built by the runner after the notebooks, from the results the model notebooks wr
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -18,26 +17,18 @@ import pandas as pd  # noqa: E402
 from ..evaluation.bootstrap import paired_bootstrap_difference  # noqa: E402
 from ..evaluation.evaluate import HEADLINE, arrays, wide_row  # noqa: E402
 from ..info import DEMO_BANNER  # noqa: E402
+from ..results import ResultsStore  # noqa: E402
 from .export import save_figure, save_table  # noqa: E402
 from .plots import roc_overlay  # noqa: E402
 
 PAIRED_METRICS = ("accuracy", "macro_auc", "auc_malignant", "benign_vs_malignant_auc")
 
 
-def _load(run_dir: Path) -> tuple[dict[str, dict], dict[str, dict]]:
-    trained, skipped = {}, {}
-    for d in sorted((Path(run_dir) / "results").glob("*")):
-        if (d / "metrics.json").exists():
-            trained[d.name] = json.loads((d / "metrics.json").read_text())
-        elif (d / "SKIPPED.json").exists():
-            skipped[d.name] = json.loads((d / "SKIPPED.json").read_text())
-    return trained, skipped
-
-
 def comparison_table(run_dir: Path) -> pd.DataFrame:
     """One row per model (trained or skipped): name, backbone, weights, protocol, n, flags, and
     every headline metric with ``_ci_low`` / ``_ci_high`` beside it."""
-    trained, skipped = _load(run_dir)
+    store = ResultsStore(run_dir)
+    trained, skipped = store.records(), store.skipped()
     rows = []
     for name, m in trained.items():
         pooled = pd.DataFrame(m["pooled"])
@@ -68,7 +59,8 @@ def build_summary(run_dir: Path, demo: bool = False, n_resamples: int = 2000, se
     (run_dir / "tables" / "comparison_models.md").write_text(markdown_table(table))
     if trained.empty:
         return out
-    preds = {m: pd.read_csv(run_dir / "results" / m / "oof.csv") for m in trained["model"]}
+    store = ResultsStore(run_dir)
+    preds = {m: store.load(m).oof for m in trained["model"]}
     title = f"Malignant vs rest, pooled out-of-fold predictions (grouped CV, n = {int(trained['n'].iloc[0])})"
     if demo:
         title += f"\n[{DEMO_BANNER}]"

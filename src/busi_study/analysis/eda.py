@@ -13,16 +13,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .data.images import merged_mask, read_gray
-from .info import CLASSES, S0_INTENSITY
+from ..data.images import mask_paths, merged_mask, read_gray
+from ..info import CLASSES, S0_INTENSITY
 
 CLASS_COLOURS = {"normal": "#4c72b0", "benign": "#55a868", "malignant": "#c44e52"}
-
-
-def mask_paths(row: pd.Series, root: Path) -> list[Path]:
-    """Absolute mask paths of a manifest row."""
-    text = row["mask_paths"] if isinstance(row["mask_paths"], str) else ""
-    return [Path(root) / p for p in text.split(";") if p]
 
 
 def image_statistics(manifest: pd.DataFrame, root: Path, progress: bool = True) -> pd.DataFrame:
@@ -164,3 +158,30 @@ def pairs_around_threshold(pairs: pd.DataFrame, threshold: int, n_each: int = 3)
     for _, p in beyond.head(n_each).iterrows():
         out.append(("NOT linked (just beyond)", p))
     return out
+
+
+def intensity_interpretation(intensity: pd.DataFrame, stats: pd.DataFrame) -> str:
+    """Markdown: our per-class intensity ranges beside S0's, which of our summaries S0's ranges
+    resemble, a Kruskal–Wallis test across classes and each class's one-vs-rest AUC of mean intensity."""
+    from scipy.stats import kruskal
+    from sklearn.metrics import roc_auc_score
+
+    lines = []
+    for _, r in intensity.iterrows():
+        lines.append(f"- **{r['class']}**: ours {r['min']:.2f}–{r['max']:.2f} (median {r['median']:.2f}, 5th–95th percentile "
+                     f"{r['p05']:.2f}–{r['p95']:.2f}); S0 {r['s0_min']:.2f}–{r['s0_max']:.2f} (median {r['s0_median']:.2f})")
+    median_gap = (intensity["median"] - intensity["s0_median"]).abs().max()
+    range_gap = ((intensity["min"] - intensity["s0_min"]).abs() + (intensity["max"] - intensity["s0_max"]).abs()).mean() / 2
+    pct_gap = ((intensity["p05"] - intensity["s0_min"]).abs() + (intensity["p95"] - intensity["s0_max"]).abs()).mean() / 2
+    groups_by_class = [stats.loc[stats["label"] == c, "mean_intensity"] for c in CLASSES if (stats["label"] == c).any()]
+    h_stat, p_value = kruskal(*groups_by_class)
+    auc = {c: roc_auc_score(stats["label"] == c, stats["mean_intensity"]) for c in CLASSES if (stats["label"] == c).any()}
+    closer = "our 5th–95th percentiles" if pct_gap < range_gap else "our full min–max ranges"
+    explanation = ("S0 most likely left out extreme images or summarised a central range" if pct_gap < range_gap
+                   else "the same images were most likely summarised the same way")
+    return ("\n".join(lines) + "\n\n"
+            f"Medians agree with S0's to within {median_gap:.3f}. S0's ranges lie closer to {closer} "
+            f"(mean absolute gap {min(pct_gap, range_gap):.3f} vs {max(pct_gap, range_gap):.3f}), so {explanation}. The classes "
+            f"do differ in distribution (Kruskal–Wallis H = {h_stat:.1f}, p = {p_value:.2g}), but mean intensity alone is a weak "
+            "feature: as a one-vs-rest score its ROC AUC is " + ", ".join(f"{c} {a:.2f}" for c, a in auc.items())
+            + " (0.5 = chance; values below 0.5 mean the class is darker).")

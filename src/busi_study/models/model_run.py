@@ -1,4 +1,4 @@
-"""Run one model of the study end to end and write its results (used by notebooks 02–04).
+"""Run one model of the study end to end and write its results (used by the model notebooks).
 
 ``run_model`` checks the weights (a backbone whose ImageNet weights cannot be loaded is skipped
 with a visible reason, or fails with ``strict``), runs the grouped CV on the cached views,
@@ -9,20 +9,21 @@ model card. ``source_protocol`` reruns the source study's own random image-level
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from .. import provenance
 from ..data.store import ProcessedData, sha256_of, write_json
 from ..evaluation.evaluate import Evaluation, evaluate, wide_row
 from ..evaluation.metrics import classification_metrics
 from ..info import CLASSES
-from ..report import metadata
+from ..params import BootstrapParams, ModelParams, SourceProtocolParams
+from ..results import ResultsStore
 from .experiment import CVResult, Experiment
 from .recipes import Recipe
 from .registry import WeightsUnavailable, weights_available
@@ -39,9 +40,14 @@ class ModelRun:
     timing: dict = field(default_factory=dict)
     exported: Path | None = None
 
+    @property
+    def n_splits(self) -> int:
+        """Outer folds actually run (from the split file, not from a parameter)."""
+        return int(self.cv.oof["fold"].nunique()) if self.cv is not None else 0
 
-def results_dir(report_dir: Path, name: str) -> Path:
-    return Path(report_dir) / "results" / name
+    @property
+    def protocol(self) -> str:
+        return f"grouped {self.n_splits}-fold CV, n = {len(self.cv.oof)}" if self.cv is not None else ""
 
 
 def check_weights(recipe: Recipe) -> tuple[bool, str]:
@@ -51,45 +57,42 @@ def check_weights(recipe: Recipe) -> tuple[bool, str]:
     return weights_available(recipe.backbone, recipe.weights, recipe.input_size, **recipe.backbone_kwargs)
 
 
-def _write_skip(out: Path, recipe: Recipe, reason: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    write_json({"model": recipe.name, "skipped": True, "reason": reason, "recipe": recipe.as_dict()}, out / "SKIPPED.json")
+def run_model(recipe: Recipe, store: ProcessedData, results: ResultsStore, *, seed: int, models: ModelParams,
+              bootstrap: BootstrapParams, progress: bool = True) -> ModelRun:
+    """Cross-validate, evaluate and export one recipe; see the module docstring.
 
-
-def run_model(recipe: Recipe, store: ProcessedData, report_dir: Path, params: dict, progress: bool = True) -> ModelRun:
-    """Cross-validate, evaluate and export one recipe; see the module docstring."""
-    out = results_dir(report_dir, recipe.name)
+    seed: the split seed (selects the folds of ``splits.csv``; also seeds views and initialisation).
+    models: strict (fail instead of skip on missing weights), tta, export_models.
+    bootstrap: resamples and seed of the group-bootstrap CIs.
+    """
+    out = results.model_dir(recipe.name)
     ok, message = check_weights(recipe)
     if not ok:
-        if params.get("strict"):
+        if models.strict:
             raise WeightsUnavailable(recipe.backbone, "", Path(), message)
-        _write_skip(out, recipe, message)
+        results.write_skipped(recipe.name, {"reason": message, "recipe": recipe.as_dict()})
         return ModelRun(recipe, out, skipped=message)
-    seed = int(params["seed"])
     t0 = time.perf_counter()
     ex = Experiment(recipe, store, seed=seed, progress=progress).prepare()
     t_prep = time.perf_counter() - t0
     splits = store.read("splits")
     splits = splits[splits["seed"] == seed]
     t0 = time.perf_counter()
-    cv = ex.cross_validate(splits, tta=bool(params.get("tta", True)))
+    cv = ex.cross_validate(splits, tta=models.tta)
     t_cv = time.perf_counter() - t0
     groups = store.read("groups")
     conflicts = set(groups.loc[groups["label_conflict"], "image_id"])
-    ev = evaluate(cv.oof, cv.val, tta=cv.oof_tta, conflict_ids=conflicts,
-                  n_resamples=int(params["bootstrap_resamples"]), seed=int(params["bootstrap_seed"]))
+    ev = evaluate(cv.oof, cv.val, tta=cv.oof_tta, conflict_ids=conflicts, n_resamples=bootstrap.resamples, seed=bootstrap.seed)
     run = ModelRun(recipe, out, experiment=ex, cv=cv, evaluation=ev)
     run.timing = {"prepare_s": round(t_prep, 1), "cv_s": round(t_cv, 1), **ex.timing,
                   "per_fold_s": cv.timing["seconds"].tolist()}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "SKIPPED.json").unlink(missing_ok=True)
     for k, fm in enumerate(cv.fold_models):
-        ex.full_model(fm).save(out / f"fold{k}.keras")
-    if params.get("export_models", True):
+        ex.full_model(fm).save(results.fold_model_path(recipe.name, k))
+    if models.export_models:
         t0 = time.perf_counter()
-        run.exported = export_final(ex, cv, ev, report_dir, store, params)
+        run.exported = export_final(ex, cv, ev, results, store, seed=seed, bootstrap=bootstrap)
         run.timing["final_model_s"] = round(time.perf_counter() - t0, 1)
-    write_results(run, store, params)
+    write_results(run, store, results, seed=seed, models=models, bootstrap=bootstrap)
     return run
 
 
@@ -99,7 +102,13 @@ def final_epochs(cv: CVResult) -> list[int]:
     return [max(1, int(round(float(np.median(per_phase[:, j]))))) for j in range(per_phase.shape[1])]
 
 
-def model_card(recipe: Recipe, ev: Evaluation, store: ProcessedData, epochs: list[int], params: dict) -> dict:
+def _protocol_text(n_splits: int, seed: int) -> str:
+    return f"grouped {n_splits}-fold CV (StratifiedGroupKFold), seed {seed}, pooled out-of-fold"
+
+
+def model_card(recipe: Recipe, ev: Evaluation, store: ProcessedData, epochs: list[int], *, n_splits: int, seed: int,
+               bootstrap: BootstrapParams) -> dict:
+    """The card saved beside an exported model: input contract, weights, training data, CV metrics, provenance."""
     return {
         "model": recipe.name,
         "title": recipe.title,
@@ -113,42 +122,37 @@ def model_card(recipe: Recipe, ev: Evaluation, store: ProcessedData, epochs: lis
         "weights": recipe.weights_label,
         "trained_on": f"all {store.read_summary()['n_images']} images of the dataset, epochs per phase {epochs} "
                       "(median early-stopping epoch of the CV folds)",
-        "cv_metrics": {"protocol": f"grouped {params['n_splits']}-fold CV, seed {params['seed']}, pooled out-of-fold; "
-                                   f"95% group-bootstrap CI ({params['bootstrap_resamples']} resamples)",
+        "cv_metrics": {"protocol": f"grouped {n_splits}-fold CV, seed {seed}, pooled out-of-fold; "
+                                   f"95% group-bootstrap CI ({bootstrap.resamples} resamples)",
                        **wide_row(ev.pooled)},
         "data_manifest_sha256": sha256_of(store.manifest),
-        "git": metadata.git_info(Path(__file__).resolve().parents[3]),
+        "git": provenance.git_info(provenance.REPO),
         "not_for_clinical_use": True,
     }
 
 
-def export_final(ex: Experiment, cv: CVResult, ev: Evaluation, report_dir: Path, store: ProcessedData, params: dict) -> Path:
+def export_final(ex: Experiment, cv: CVResult, ev: Evaluation, results: ResultsStore, store: ProcessedData, *, seed: int,
+                 bootstrap: BootstrapParams) -> Path:
     """Train on every image with the folds' median epochs; save ``models/<name>.keras`` + card."""
     epochs = final_epochs(cv)
-    fm = ex.fit(np.arange(len(ex.y)), None, int(params["seed"]) + 99, epochs=epochs)
+    fm = ex.fit(np.arange(len(ex.y)), None, seed + 99, epochs=epochs)
     model = ex.full_model(fm)
-    out = Path(report_dir) / "models"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{ex.recipe.name}.keras"
+    path = results.exported_model_path(ex.recipe.name)
     model.save(path)
-    write_json(model_card(ex.recipe, ev, store, epochs, params), path.with_suffix(".json"))
+    n_splits = int(cv.oof["fold"].nunique())
+    write_json(model_card(ex.recipe, ev, store, epochs, n_splits=n_splits, seed=seed, bootstrap=bootstrap),
+               path.with_suffix(".json"))
     return path
 
 
-def write_results(run: ModelRun, store: ProcessedData, params: dict) -> None:
+def write_results(run: ModelRun, store: ProcessedData, results: ResultsStore, *, seed: int, models: ModelParams,
+                  bootstrap: BootstrapParams) -> None:
     """Predictions, histories, timing and metrics (JSON + CSV) under ``results/<name>/``."""
-    out, cv, ev = run.results_dir, run.cv, run.evaluation
-    cv.oof.to_csv(out / "oof.csv", index=False)
-    cv.val.to_csv(out / "val_predictions.csv", index=False)
-    if cv.oof_tta is not None:
-        cv.oof_tta.to_csv(out / "oof_tta.csv", index=False)
-    cv.history.to_csv(out / "history.csv", index=False)
-    ev.pooled.to_csv(out / "metrics_pooled.csv", index=False)
-    ev.per_fold.to_csv(out / "metrics_per_fold.csv", index=False)
+    cv, ev = run.cv, run.evaluation
     record = {
         "model": run.recipe.name, "title": run.recipe.title, "recipe": run.recipe.as_dict(),
         "weights": run.recipe.weights_label, "backbone": run.recipe.backbone_label,
-        "protocol": f"grouped {params['n_splits']}-fold CV (StratifiedGroupKFold), seed {params['seed']}, pooled out-of-fold",
+        "protocol": _protocol_text(run.n_splits, seed),
         "n": int(len(cv.oof)),
         "pooled": ev.pooled.to_dict(orient="records"),
         "per_fold_summary": ev.per_fold_summary.reset_index(names="stat").to_dict(orient="records"),
@@ -161,27 +165,26 @@ def write_results(run: ModelRun, store: ProcessedData, params: dict) -> None:
         "timing": run.timing,
         "final_epochs": final_epochs(cv),
         "exported_model": str(run.exported) if run.exported else None,
-        "bootstrap": {"resamples": params["bootstrap_resamples"], "seed": params["bootstrap_seed"], "ci": 0.95},
+        "bootstrap": {"resamples": bootstrap.resamples, "seed": bootstrap.seed, "ci": 0.95},
         "data_manifest_sha256": sha256_of(store.manifest),
-        "git": metadata.git_info(Path(__file__).resolve().parents[3]),
-        "packages": metadata.package_versions(),
-        "hardware": metadata.hardware(),
-        "params": {k: v for k, v in params.items() if not isinstance(v, (dict,))},
+        "git": provenance.git_info(provenance.REPO),
+        "packages": provenance.package_versions(),
+        "hardware": provenance.hardware(),
+        "params": {"seed": seed, **asdict(models), **{f"bootstrap_{k}": v for k, v in asdict(bootstrap).items()}},
     }
-    write_json(record, out / "metrics.json")
+    tables = {"oof": cv.oof, "val": cv.val, "oof_tta": cv.oof_tta, "history": cv.history,
+              "pooled": ev.pooled, "per_fold": ev.per_fold}
+    results.write_trained(run.recipe.name, tables, record)
 
 
-def source_protocol(ex: Experiment, params: dict, test_fraction: float | None = None, val_fraction: float | None = None,
-                    repeats: int | None = None) -> pd.DataFrame:
+def source_protocol(ex: Experiment, source: SourceProtocolParams, seed: int) -> pd.DataFrame:
     """The source studies' protocol: a random *image-level* stratified split (e.g. 85/15 with 10 %
     of training for validation), repeated with seeds seed, seed+1, … One row per repeat."""
-    test_fraction = test_fraction or float(params["source_test_fraction"])
-    val_fraction = val_fraction or float(params["source_val_fraction"])
-    repeats = repeats or int(params["source_protocol_repeats"])
+    test_fraction, val_fraction, repeats = source.test_fraction, source.val_fraction, source.protocol_repeats
     idx = np.arange(len(ex.y))
     rows = []
     for r in range(repeats):
-        s = int(params["seed"]) + r
+        s = seed + r
         train_val, test = train_test_split(idx, test_size=test_fraction, random_state=s, stratify=ex.y)
         train, val = train_test_split(train_val, test_size=val_fraction, random_state=s, stratify=ex.y[train_val])
         t0 = time.perf_counter()
@@ -194,17 +197,6 @@ def source_protocol(ex: Experiment, params: dict, test_fraction: float | None = 
         rows.append({"repeat": r, "seed": s, "n_test": len(test), "test_images_with_duplicate_in_training": leaked,
                      "seconds": round(time.perf_counter() - t0, 1), **m})
     return pd.DataFrame(rows).rename(columns={"auc_malignant": "malignant_auc"})
-
-
-def load_results(report_dir: Path) -> dict[str, dict]:
-    """metrics.json (or SKIPPED.json) of every model in a report folder, by model name."""
-    out = {}
-    for d in sorted((Path(report_dir) / "results").glob("*")):
-        for name in ("metrics.json", "SKIPPED.json"):
-            if (d / name).exists():
-                out[d.name] = json.loads((d / name).read_text())
-                break
-    return out
 
 
 def claims_table(study: str, source: pd.DataFrame | None, ev: Evaluation) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Run metadata recorded with every report: code version, parameters, software, hardware."""
+"""Provenance recorded with every result, model card and report: code version, software, hardware."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+
+#: The repository this package is installed from (editable install / source checkout).
+REPO = Path(__file__).resolve().parents[2]
 
 #: Packages whose versions every report records.
 TRACKED_PACKAGES = (

@@ -10,22 +10,31 @@ same measures for a centred Gaussian map (its threshold chosen the same way) are
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from ..data.arrays import labels_and_groups, load_image_array
-from ..data.images import merged_mask
+from ..data.images import mask_paths, merged_mask
 from ..data.store import ProcessedData
-from ..eda import mask_paths
 from ..evaluation.bootstrap import resample_weights
 from ..info import CLASS_INDEX
+from ..results import ModelResults
 from .gradcam import gradcam, upsample
 from .localisation import baseline_table, choose_iou_threshold, localisation_table
 
 MEASURES = ("pointing_hit", "energy_inside", "iou")
+
+
+def model_input_size(model: ModelResults) -> int:
+    return int(model.recipe["input_size"])
+
+
+def model_gradcam_layer(model: ModelResults) -> str | None:
+    """The Grad-CAM layer named in the backbone registry (S2's CNN: its last convolution)."""
+    from ..models.recipes import gradcam_layer_of
+
+    return gradcam_layer_of(model.recipe.get("backbone"))
 
 
 def lesion_masks(store: ProcessedData, image_ids: list[str]) -> list[np.ndarray]:
@@ -39,9 +48,8 @@ def lesion_masks(store: ProcessedData, image_ids: list[str]) -> list[np.ndarray]
     return out
 
 
-def explain_model(name: str, results_dir: Path, store: ProcessedData, splits: pd.DataFrame, input_size: int,
-                  layer: str | None, method: str = "gradcam", tolerance: float = 0.05, max_per_fold: int | None = None,
-                  progress: bool = True) -> tuple[pd.DataFrame, dict]:
+def explain_model(trained: ModelResults, store: ProcessedData, splits: pd.DataFrame, method: str = "gradcam",
+                  tolerance: float = 0.05, max_per_fold: int | None = None, progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """Per-image localisation of one model's fold models (benign and malignant test images).
 
     Returns (table, extras): one row per explained image with image_id, fold, label, predicted,
@@ -53,6 +61,7 @@ def explain_model(name: str, results_dir: Path, store: ProcessedData, splits: pd
 
     from ..models import builders  # noqa: F401  (registers the preprocessing layer)
 
+    name, input_size, layer = trained.name, model_input_size(trained), model_gradcam_layer(trained)
     table = labels_and_groups(store)
     pos = {k: i for i, k in enumerate(table["image_id"])}
     images = load_image_array(store, input_size, progress=False)
@@ -60,7 +69,7 @@ def explain_model(name: str, results_dir: Path, store: ProcessedData, splits: pd
     lesion = table["label"].isin(["benign", "malignant"])
     for fold in tqdm(sorted(splits["fold"].unique()), desc=f"Grad-CAM {name}", disable=not progress):
         part = splits[splits["fold"] == fold]
-        model = keras.models.load_model(Path(results_dir) / f"fold{fold}.keras", compile=False)
+        model = keras.models.load_model(trained.fold_model_path(fold), compile=False)
         ids = {role: [i for i in part.loc[part["role"] == role, "image_id"] if lesion.iloc[pos[i]]] for role in ("val", "test")}
         if max_per_fold:
             ids = {k: v[:max_per_fold] for k, v in ids.items()}
@@ -100,14 +109,15 @@ def explain_model(name: str, results_dir: Path, store: ProcessedData, splits: pd
     return pd.DataFrame(rows), {"thresholds": thresholds, "maps": examples}
 
 
-def explain_images(results_dir: Path, store: ProcessedData, splits: pd.DataFrame, image_ids: list[str], input_size: int,
-                   layer: str | None, method: str = "gradcam") -> dict[str, np.ndarray]:
+def explain_images(trained: ModelResults, store: ProcessedData, splits: pd.DataFrame, image_ids: list[str],
+                   method: str = "gradcam") -> dict[str, np.ndarray]:
     """Predicted-class maps (original image size) of any images, normal ones included, each from
     the fold model that held it out; for figures (overlays of every class), not for measures."""
     import keras
 
     from ..models import builders  # noqa: F401  (registers the preprocessing layer)
 
+    input_size, layer = model_input_size(trained), model_gradcam_layer(trained)
     table = labels_and_groups(store)
     pos = {k: i for i, k in enumerate(table["image_id"])}
     manifest = store.read("manifest").set_index("image_id")
@@ -117,7 +127,7 @@ def explain_images(results_dir: Path, store: ProcessedData, splits: pd.DataFrame
     wanted = [i for i in dict.fromkeys(image_ids) if i in test.index]
     for fold in sorted({int(test[i]) for i in wanted}):
         ids = [i for i in wanted if int(test[i]) == fold]
-        model = keras.models.load_model(Path(results_dir) / f"fold{fold}.keras", compile=False)
+        model = keras.models.load_model(trained.fold_model_path(fold), compile=False)
         x = images[[pos[i] for i in ids]].astype(np.float32)
         pred = np.asarray(model.predict(x, verbose=0)).argmax(axis=1)
         shapes = [(int(manifest.loc[i, "height"]), int(manifest.loc[i, "width"])) for i in ids]
@@ -153,3 +163,26 @@ def summarise(loc: pd.DataFrame, model: str, n_resamples: int = 2000, seed: int 
                 rows.append({"model": model, "subset": subset, "measure": m, "map": tag, "n": int(ok.sum()),
                              "value": float(v[ok].mean()) if ok.any() else np.nan, "ci_low": lo, "ci_high": hi})
     return pd.DataFrame(rows)
+
+
+def sanity_check_table(model: ModelResults, store: ProcessedData, splits: pd.DataFrame, n_layers: int, n_images: int,
+                       seed: int, method: str = "gradcam") -> pd.DataFrame:
+    """The randomisation sanity check (Adebayo et al. 2018) on fold 0's model: Spearman rank
+    correlation of the maps of its first ``n_images`` lesion test images before and after the top
+    ``n_layers`` weighted layers are re-initialised. One row."""
+    import keras
+
+    from ..models import builders  # noqa: F401  (registers the preprocessing layer)
+    from .gradcam import sanity_check
+
+    table = labels_and_groups(store)
+    label = table.set_index("image_id")["label"]
+    test0 = splits[(splits["fold"] == 0) & (splits["role"] == "test")]["image_id"]
+    ids = [i for i in test0 if label[i] != "normal"][:n_images]
+    pos = {k: i for i, k in enumerate(table["image_id"])}
+    x = load_image_array(store, model_input_size(model), progress=False)[[pos[i] for i in ids]].astype(np.float32)
+    net = keras.models.load_model(model.fold_model_path(0), compile=False)
+    out = sanity_check(net, x, None, model_gradcam_layer(model), n_layers, seed, method=method)
+    keras.backend.clear_session()
+    return pd.DataFrame([{"model": model.name, "layers_randomised": ", ".join(out["layers"]), "n_images": len(ids),
+                          "spearman_mean": out["mean"], "spearman_median": out["median"], "n_undefined": out["n_undefined"]}])

@@ -1,0 +1,128 @@
+"""report/: export (figures and tables), plots, the index page, and the notebook views."""
+
+import json
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from busi_study import provenance  # noqa: E402
+from busi_study.evaluation.calibration import reliability_table  # noqa: E402
+from busi_study.info import DEMO_BANNER  # noqa: E402
+from busi_study.report import plots  # noqa: E402
+from busi_study.report.export import round_table, save_figure, save_table, titled  # noqa: E402
+from busi_study.report.index import write_index  # noqa: E402
+
+
+def preds(n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    logits = rng.normal(0, 1, (n, 3))
+    logits[np.arange(n), y] += 2
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return pd.DataFrame({"image_id": [f"i{k}" for k in range(n)], "fold": np.arange(n) % 5,
+                         "label": np.array(["normal", "benign", "malignant"])[y], "group_id": [f"g{k}" for k in range(n)],
+                         "p_normal": p[:, 0], "p_benign": p[:, 1], "p_malignant": p[:, 2]})
+
+
+def test_save_figure_writes_png_at_dpi_and_pdf(tmp_path):
+    fig, ax = plt.subplots(figsize=(2, 1))
+    ax.plot([0, 1])
+    png, pdf = save_figure(fig, "x", tmp_path, dpi=100)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and pdf.read_bytes()[:5] == b"%PDF-"
+    plt.close(fig)
+    from PIL import Image
+
+    assert Image.open(png).info["dpi"][0] == pytest.approx(100, abs=1)
+
+
+def test_save_table_rounds_floats_and_writes_latex(tmp_path):
+    df = pd.DataFrame({"metric": ["a_b"], "value": [0.123456], "n": [7]})
+    csv, tex = save_table(df, "t", tmp_path)
+    assert csv.read_text().splitlines() == ["metric,value,n", "a\\_b,0.123,7".replace("\\_", "_")]
+    assert "a\\_b" in tex.read_text() and "0.123" in tex.read_text() and "\\begin{tabular}" in tex.read_text()
+    assert round_table(pd.DataFrame({"x": [1.23456]}), 2)["x"].iloc[0] == 1.23
+    assert titled("T", demo=True).endswith(f"[{DEMO_BANNER}]") and titled("T") == "T"
+
+
+@pytest.mark.parametrize("make", [
+    lambda: plots.learning_curves(pd.DataFrame({"fold": [0, 0], "phase": [1, 1], "epoch": [1, 2], "loss": [1.0, 0.8],
+                                                "val_loss": [1.1, 0.9], "accuracy": [0.5, 0.6], "val_accuracy": [0.4, 0.5]}), "t"),
+    lambda: plots.roc_one_vs_rest(preds(), "t"),
+    lambda: plots.roc_overlay({"a": preds(), "b": preds(seed=1)}, "t"),
+    lambda: plots.reliability({"a": reliability_table(np.zeros(3, int), np.eye(3))}, "t"),
+    lambda: plots.reliability_before_after({"a": reliability_table(np.zeros(3, int), np.eye(3))},
+                                           {"a": reliability_table(np.zeros(3, int), np.eye(3))}, "t"),
+    lambda: plots.image_gallery([{"image": np.zeros((8, 8), np.uint8), "caption": "c", "mask": np.eye(8, dtype=bool),
+                                  "cam": np.ones((8, 8))}, {"image": np.zeros((8, 8, 3), np.uint8), "caption": "d"}], ncols=2),
+    lambda: plots.error_rates(pd.DataFrame({"factor": ["f", "f"], "level": ["a", "b"], "n": [3, 4], "error_rate": [0.1, 0.2],
+                                            "ci_low": [0.0, 0.1], "ci_high": [0.3, 0.4]}), "t"),
+    lambda: plots.pointing_game(pd.DataFrame({"model": ["m", "m"], "map": ["Grad-CAM (predicted class)", "centred Gaussian baseline"],
+                                              "value": [0.6, 0.4], "ci_low": [0.5, 0.3], "ci_high": [0.7, 0.5]}), "t"),
+], ids=["learning_curves", "roc", "roc_overlay", "reliability", "reliability_pair", "gallery", "error_rates", "pointing_game"])
+def test_every_plot_draws_something(make):
+    fig = make()
+    assert fig.axes and any(ax.has_data() for ax in fig.axes)
+    plt.close(fig)
+
+
+def test_confusion_plot_shows_counts():
+    counts = pd.DataFrame([[5, 1, 0], [2, 7, 1], [0, 1, 4]], index=["normal", "benign", "malignant"],
+                          columns=["normal", "benign", "malignant"])
+    fig = plots.confusion(counts, counts.div(counts.sum(axis=1), axis=0), "t")
+    texts = {t.get_text() for ax in fig.axes for t in ax.texts}
+    assert any("7" in t for t in texts)
+    plt.close(fig)
+
+
+def meta(run_id="r1", ok=True, demo=False, notebooks=None):
+    return {"run_id": run_id, "ok": ok, "demo": demo, "profile": "smoke", "git": {"commit": "abc123def4567890", "dirty": False},
+            "params": {"seed": 42}, "notebooks": notebooks or [], "models": None, "data": None, "wall_s": 1.0,
+            "packages": {}, "hardware": provenance.hardware(), "kernel": "busi-study", "command": "run_all.py", "started_utc": "x", "finished_utc": "y"}
+
+
+def test_index_page_states_failures_demo_and_figures(tmp_path):
+    (tmp_path / "figures").mkdir()
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    save_figure(fig, "eda_class_counts", tmp_path, dpi=50)
+    plt.close(fig)
+    nbs = [{"name": "00_download", "ok": True, "wall_s": 1.0, "error": None, "ipynb": "notebooks/00_download.ipynb",
+            "html": "html/00_download.html", "from_run": None},
+           {"name": "01_eda_intensity", "ok": False, "wall_s": 2.0, "error": "KeyError: 'x'", "ipynb": "n", "html": "h",
+            "from_run": None}]
+    page = write_index(tmp_path, meta(ok=False, demo=True, notebooks=nbs)).read_text()
+    assert DEMO_BANNER in page and "incomplete" in page and "notebook 01_eda_intensity failed: KeyError" in page
+    assert "figures/eda_class_counts.png" in page and "abc123def456" in page
+    assert re.search(r"<html lang=\"en\">", page)
+    ok_page = write_index(tmp_path, meta()).read_text()
+    assert DEMO_BANNER not in ok_page and "complete" in ok_page and "incomplete" not in ok_page
+
+
+def test_notebook_views_save_and_title(tmp_path, monkeypatch):
+    from busi_study.report import notebook_views
+    from busi_study.report.notebook_views import StudyNotebook
+
+    shown = []
+    monkeypatch.setattr(notebook_views, "_display", lambda *objs: shown.extend(objs))
+    monkeypatch.setattr(plt, "show", lambda: None)
+    data = tmp_path / "data" / "processed" / "demo"
+    data.mkdir(parents=True)
+    (data / "data_summary.json").write_text(json.dumps({"n_images": 3, "manifest_sha256": "f" * 64}))
+    nb = StudyNotebook.open(tmp_path / "run", tmp_path / "data", demo=True, figure_dpi=50)
+    assert nb.store.folder == data and nb.results.root == tmp_path / "run" / "results"
+    assert nb.title("x").endswith(f"[{DEMO_BANNER}]") and shown  # the banner was shown
+    fig, ax = plt.subplots()
+    ax.plot([1, 2])
+    nb.figure(fig, "f")
+    nb.table(pd.DataFrame({"v": [0.12345]}), "t")
+    assert (tmp_path / "run" / "figures" / "f.png").exists() and (tmp_path / "run" / "figures" / "f.pdf").exists()
+    assert (tmp_path / "run" / "tables" / "t.csv").read_text().splitlines()[1] == "0.123"
+    assert isinstance(shown[-1], pd.DataFrame) and shown[-1]["v"].iloc[0] == 0.123
+    with pytest.raises(FileNotFoundError):
+        StudyNotebook.open(tmp_path / "run2", tmp_path / "nodata", demo=False)
