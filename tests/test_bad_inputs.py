@@ -247,7 +247,7 @@ def test_predict_corrupt_model(capsys, tmp_path, demo_root):
 def test_predict_not_a_keras_file(capsys, tmp_path, demo_root):
     m = tmp_path / "weights.h5"
     m.write_bytes(b"\x89HDF\r\n")
-    cli(capsys, ["predict", str(demo_root / "benign"), "--model", str(m)], "not a .keras model file")
+    cli(capsys, ["predict", str(demo_root / "benign"), "--model", str(m)], "not a .keras or .tflite model file")
 
 
 def test_predict_model_of_another_task(capsys, tmp_path, demo_root):
@@ -256,7 +256,7 @@ def test_predict_model_of_another_task(capsys, tmp_path, demo_root):
     model = keras.Model(inp, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inp)))
     m = tmp_path / "two_class.keras"
     model.save(m)
-    cli(capsys, ["predict", str(demo_root / "benign"), "--model", str(m)], "not a 3-class image classifier")
+    cli(capsys, ["predict", str(demo_root / "benign"), "--model", str(m)], "is not an image classifier of this study")
 
 
 def test_predict_out_in_a_missing_folder(capsys, tmp_path, demo_root):

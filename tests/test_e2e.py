@@ -135,6 +135,31 @@ def test_external_validation_skips_without_external_data(study):
     assert "skipped" in section and "cancerimagingarchive" in section
 
 
+def test_s4_lightweight_protocol_and_tflite_export(study):
+    _, _, run = study
+    backbones = pd.read_csv(run / "tables" / "s4_backbones.csv")
+    assert "mobilenet_v3_small" in set(backbones["backbone"])
+    claims = pd.read_csv(run / "tables" / "s4_claims_vs_ours.csv")
+    assert len(claims) == 4 and claims.loc[0, "accuracy"] == 0.96
+    s4, after = claims.iloc[1], claims.iloc[2]
+    assert s4["copy_in_training"] > 0.5 * s4["n_test"] and after["copy_in_training"] == 0  # the leak, counted
+    binary = pd.read_csv(run / "tables" / "s4_metrics_binary.csv")
+    assert {"auc", "accuracy", "f1_malignant", "sens_at_spec90", "ece"} <= set(binary["metric"])
+    assert binary["model"].str.endswith("faithful").any() and binary["model"].str.endswith("early_stopped").any()
+    paired = pd.read_csv(run / "tables" / "s4_paired_vs_three_class.csv")
+    assert "s2_cnn" in set(paired["model_b"])
+    export = pd.read_csv(run / "tables" / "s4_benchmark_tflite.csv")
+    assert list(export["format"]) == ["keras", "float32", "float16", "dynamic_int8", "full_int8"]
+    tfl = export[export["format"] != "keras"]
+    assert (tfl["median_ms_1t"] > 0).all() and (tfl["p90_ms_1t"] >= tfl["median_ms_1t"]).all()
+    assert tfl.loc[tfl["format"] == "float32", "max_abs_dp"].iloc[0] < 1e-4
+    name = export["model"].iloc[0]
+    card = json.loads((run / "models" / f"{name}.full_int8.json").read_text())
+    assert card["classes"] == ["benign", "malignant"] and card["format"] == "TFLite full_int8"
+    assert (run / "models" / f"{name}.full_int8.tflite").exists()
+    assert (run / "tables" / "s4_benchmark_tflite_three_class.csv").exists()
+
+
 def test_index_links_resolve_and_page_says_demo(study):
     _, _, run = study
     index = (run / "index.html").read_text()

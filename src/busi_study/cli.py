@@ -173,10 +173,10 @@ def _tools(argv: list[str] | None) -> int:
     d = sub.add_parser("demo", help="write the synthetic demo dataset (BUSI layout) to a folder")
     d.add_argument("out", type=Path)
     d.add_argument("--seed", type=int, default=0)
-    q = sub.add_parser("predict", help="class probabilities for image files or folders with an exported .keras model")
+    q = sub.add_parser("predict", help="class probabilities for image files or folders with an exported .keras or .tflite model")
     q.add_argument("images", nargs="+", help="image files and/or folders (searched recursively, masks skipped)")
     q.add_argument("--model", required=True, type=Path, nargs="+",
-                   help="an exported model, e.g. reports/latest/models/NAME.keras; several files (e.g. "
+                   help="an exported model, e.g. reports/latest/models/NAME.keras or NAME.full_int8.tflite; several files (e.g. "
                         "reports/latest/results/NAME/fold*.keras) give a fold ensemble, the mean of their probabilities")
     q.add_argument("--out", type=Path, help="CSV to write (default: print to stdout)")
     v = sub.add_parser("evaluate", help="metrics with CIs of an exported model on a labelled folder of images (external validation)")

@@ -238,6 +238,39 @@ class ExternalParams:
     gallery: int
 
 
+@dataclasses.dataclass(frozen=True)
+class S4Params:
+    """S4: C4 + C5 features of a frozen backbone → SSDLite-style head, benign vs malignant (notebook 06).
+
+    ``train`` is S4's faithful recipe (batch 1, fixed epochs, last weights); ``es`` our early-stopped
+    variant; ``augmented_size`` the size of S4's augmented set; ``protocol_variant`` and
+    ``export_variant`` (faithful | early_stopped) say which recipe runs S4's protocol and which
+    final model is exported."""
+
+    PREFIX: ClassVar[str] = "s4_"
+    backbones: list[str]
+    input_size: int
+    head_channels: int
+    dropout: float
+    augmented_size: int
+    protocol_variant: str
+    export_variant: str
+    train: TrainParams = dataclasses.field(metadata=_FLAT)
+    es: TrainParams  # keys s4_es_*
+
+
+@dataclasses.dataclass(frozen=True)
+class TFLiteParams:
+    """On-device export (notebook 06): full-int8 calibration images (from training data only),
+    latency runs after a warm-up, and how many folds' out-of-fold images measure the agreement."""
+
+    PREFIX: ClassVar[str] = "tflite_"
+    representative_images: int
+    latency_runs: int
+    latency_warmup: int
+    agreement_folds: int | None
+
+
 #: Single values used across sections: the split seed (also seeds views, initialisation and
 #: batch order) and the figure resolution.
 SCALARS: dict[str, type] = {"seed": int, "figure_dpi": int}
@@ -246,7 +279,8 @@ SCALARS: dict[str, type] = {"seed": int, "figure_dpi": int}
 SECTIONS: dict[str, type] = {
     "data": DataParams, "splits": SplitParams, "figures": FigureParams, "models": ModelParams,
     "augment": AugmentParams, "bootstrap": BootstrapParams, "source": SourceProtocolParams, "s2": S2Params,
-    "s3": S3Params, "benchmark": BenchmarkParams, "s0": S0Params, "explain": ExplainParams, "external": ExternalParams,
+    "s3": S3Params, "benchmark": BenchmarkParams, "s0": S0Params, "explain": ExplainParams, "s4": S4Params,
+    "tflite": TFLiteParams, "external": ExternalParams,
 }
 
 
@@ -348,6 +382,8 @@ class StudyParams:
     benchmark: BenchmarkParams | None = None
     s0: S0Params | None = None
     explain: ExplainParams | None = None
+    s4: S4Params | None = None
+    tflite: TFLiteParams | None = None
     external: ExternalParams | None = None
 
     @classmethod

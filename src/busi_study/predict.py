@@ -7,6 +7,10 @@ One row per image (path, p_normal, p_benign, p_malignant, predicted, error). An 
 file gets a row with its error instead of stopping the run. Works offline: the ``.keras``
 file carries its own preprocessing. Several ``--model`` files (e.g. the five fold models of a
 run) give a fold ensemble: the mean of their probabilities.
+
+A ``.tflite`` file (notebook 06's on-device export, any precision) works the same way, run by
+LiteRT. A binary model (benign vs malignant, S4) gives p_benign and p_malignant; its p_normal
+is left empty (NaN): it was never asked whether an image is normal.
 """
 
 from __future__ import annotations
@@ -39,27 +43,34 @@ def list_images(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def load_model(path: Path):
-    """Load an exported classifier (and its model card, if beside it)."""
-    import keras
-
-    from .models import builders  # noqa: F401  (registers the custom preprocessing layer)
-
+    """Load an exported classifier, ``.keras`` or ``.tflite`` (and its model card, if beside it)."""
     path = Path(path)
-    hint = "use a .keras file exported by the study, e.g. reports/latest/models/NAME.keras"
+    hint = "use a .keras or .tflite file exported by the study, e.g. reports/latest/models/NAME.keras"
     if not path.exists():
         raise ModelFileError(f"model file not found: {path} — {hint}")
-    if path.is_dir() or path.suffix.lower() != ".keras":
-        raise ModelFileError(f"not a .keras model file: {path} — {hint}")
+    suffix = path.suffix.lower()
+    if path.is_dir() or suffix not in (".keras", ".tflite"):
+        raise ModelFileError(f"not a .keras or .tflite model file: {path} — {hint}")
     try:
-        model = keras.models.load_model(path, compile=False)
-    except Exception as exc:  # a corrupt or foreign file fails in many ways inside Keras
+        if suffix == ".tflite":
+            from .models.tflite import TFLiteModel
+
+            model = TFLiteModel(path)
+        else:
+            import keras
+
+            from .models import builders  # noqa: F401  (registers the custom preprocessing layer)
+
+            model = keras.models.load_model(path, compile=False)
+    except Exception as exc:  # a corrupt or foreign file fails in many ways inside Keras / LiteRT
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise ModelFileError(f"cannot load the model {path} ({type(exc).__name__}: {reason}) — the file is corrupt "
-                             f"or not a Keras 3 model; {hint}") from None
-    shape_in, shape_out = tuple(model.inputs[0].shape), tuple(model.outputs[0].shape)
-    if len(shape_in) != 4 or shape_in[1] is None or shape_in[-1] != 3 or shape_out[-1] != len(CLASSES):
-        raise ModelFileError(f"{path} is not a {len(CLASSES)}-class image classifier of this study (input {shape_in}, "
-                             f"output {shape_out}) — {hint}")
+                             f"or not a model of this study; {hint}") from None
+    if suffix == ".keras":
+        shape_in, shape_out = tuple(model.inputs[0].shape), tuple(model.outputs[0].shape)
+        if len(shape_in) != 4 or shape_in[1] is None or shape_in[-1] != 3 or shape_out[-1] not in (1, len(CLASSES)):
+            raise ModelFileError(f"{path} is not an image classifier of this study ({len(CLASSES)} classes, or 1 sigmoid "
+                                 f"output for benign vs malignant; input {shape_in}, output {shape_out}) — {hint}")
     card_path = path.with_suffix(".json")
     try:
         card = json.loads(card_path.read_text()) if card_path.exists() else {}
@@ -96,17 +107,30 @@ def write_table(table: pd.DataFrame, out: Path) -> None:
         raise converted from None
 
 
+def three_class(proba: np.ndarray) -> np.ndarray:
+    """(n, 3) probabilities; a binary model's (n, 1) p_malignant becomes (NaN, 1 - p, p)."""
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.ndim == 2 and proba.shape[1] == 1:
+        p = proba[:, 0]
+        return np.stack([np.full_like(p, np.nan), 1.0 - p, p], axis=1)
+    return proba
+
+
+def _predicted(p: np.ndarray) -> str:
+    return CLASSES[int(np.nanargmax(p))]
+
+
 def predict_files(model, files: list[Path], batch_size: int = 16) -> pd.DataFrame:
     """Probabilities for each file; unreadable files get an ``error`` and no probabilities."""
-    size = int(model.inputs[0].shape[1])
+    size = int(getattr(model, "input_size", 0) or model.inputs[0].shape[1])
     rows, batch, batch_rows = [], [], []
 
     def flush():
         if not batch:
             return
-        proba = np.asarray(model.predict(np.stack(batch).astype(np.float32), verbose=0))
+        proba = three_class(model.predict(np.stack(batch).astype(np.float32), verbose=0))
         for r, p in zip(batch_rows, proba):
-            r.update({col: float(v) for col, v in zip(PROBA_COLUMNS, p)}, predicted=CLASSES[int(np.argmax(p))])
+            r.update({col: float(v) for col, v in zip(PROBA_COLUMNS, p)}, predicted=_predicted(p))
         batch.clear()
         batch_rows.clear()
 
@@ -138,6 +162,6 @@ def predict_ensemble(models: list, files: list[Path], batch_size: int = 16) -> p
     proba = np.mean([t[cols].to_numpy(dtype=np.float64) for t in tables], axis=0)
     out[cols] = proba
     ok = out["error"] == ""
-    out.loc[ok, "predicted"] = [CLASSES[int(i)] for i in np.argmax(proba[ok.to_numpy()], axis=1)]
+    out.loc[ok, "predicted"] = [_predicted(p) for p in proba[ok.to_numpy()]]
     out["n_models"] = len(models)
     return out
