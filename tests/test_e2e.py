@@ -6,8 +6,10 @@ the report is opened in headless Chromium. In CI (CI=true) a missing Chromium is
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -144,6 +146,17 @@ def test_s4_lightweight_protocol_and_tflite_export(study):
     assert (run / "tables" / "s4_benchmark_tflite_three_class.csv").exists()
 
 
+def test_external_validation_skips_without_external_data(study):
+    # the demo run has no BrEaST copy: notebook 08 runs, says where to get it, and skips; the page says so
+    _, _, run = study
+    nb = json.loads((run / "notebooks" / "08_external_validation.ipynb").read_text())
+    text = "".join("".join(o.get("text", "")) for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []))
+    assert "skipped: no external data given" in text and "--external PATH" in text
+    index = (run / "index.html").read_text()
+    section = index[index.index('id="external"'):index.index('id="figures"')]
+    assert "skipped" in section and "cancerimagingarchive" in section
+
+
 def test_index_links_resolve_and_page_says_demo(study):
     _, _, run = study
     index = (run / "index.html").read_text()
@@ -172,7 +185,7 @@ def test_failed_run_keeps_previous_report(study):
     failed = run_all(tmp, "--set", "n_splits=1")
     assert failed.returncode == 1
     err = [line for line in failed.stderr.splitlines() if line.startswith("FAILED")]
-    assert err == ["FAILED: 00_download: ParameterError: n_splits must be at least 2, got 1"]
+    assert err == ["FAILED: 00_download: ParameterError: n_splits must be at least 2, got 1 — e.g. --set n_splits=5"]
     assert "partial output:" in failed.stderr and "Traceback" not in failed.stderr
     assert (tmp / "reports" / "latest").resolve() == good
     bad_runs = [p for p in (tmp / "reports").iterdir() if (p / "FAILED.txt").exists()]
@@ -191,3 +204,41 @@ def test_only_reruns_one_notebook_and_carries_the_rest(study):
     assert by["00_download"]["from_run"] == good.name and by["01_eda_intensity"]["from_run"] is None
     assert (new / "html" / "00_download.html").exists()
     assert meta["partial_of"] == good.name
+
+
+def _tree(run: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(run)): (p.stat().st_ino, p.stat().st_size) for p in run.rglob("*") if p.is_file()}
+
+
+def test_only_run_links_files_and_never_changes_the_run_it_builds_on(study):
+    tmp, _, _ = study
+    base = (tmp / "reports" / "latest").resolve()
+    before = {p: hashlib.sha256((base / p).read_bytes()).hexdigest() for p in _tree(base)}
+    res = run_all(tmp, "--only", "01", "--set", "figure_dpi=-1")  # a failing --only run (matplotlib: dpi must be positive)
+    assert res.returncode == 1 and "FAILED: 01_eda_intensity" in res.stderr
+    new = max((p for p in (tmp / "reports").iterdir() if p.name != "latest"), key=lambda p: p.stat().st_mtime)
+    assert (tmp / "reports" / "latest").resolve() == base and not (new / "COMPLETE.json").exists()
+    assert {p: hashlib.sha256((base / p).read_bytes()).hexdigest() for p in _tree(base)} == before
+    shared = {i for i, _ in _tree(base).values()}
+    own = sum(size for i, size in _tree(new).values() if i not in shared)
+    total = sum(size for _, size in _tree(base).values())
+    assert own < 0.5 * total, (own, total)  # links, not a copy of the whole report
+
+
+def test_rerun_gives_identical_out_of_fold_predictions(study):
+    """Same commit, data and seed on the same machine: every model's OOF predictions identical,
+    also when the frozen-feature cache is recomputed (issue 12, defect 6)."""
+    tmp, _, first = study
+    shutil.rmtree(tmp / "data" / "processed" / "demo" / "cache", ignore_errors=True)
+    res = run_all(tmp, "--only", "02", "03", "04")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    again = (tmp / "reports" / "latest").resolve()
+    trained = [d.name for d in sorted((first / "results").iterdir()) if (d / "oof.csv").exists()]
+    assert "s2_cnn" in trained
+    cols = ["p_normal", "p_benign", "p_malignant"]
+    for model in trained:
+        a = pd.read_csv(first / "results" / model / "oof.csv").sort_values("image_id").reset_index(drop=True)
+        b = pd.read_csv(again / "results" / model / "oof.csv").sort_values("image_id").reset_index(drop=True)
+        assert a["image_id"].tolist() == b["image_id"].tolist()
+        diff = float((a[cols] - b[cols]).abs().to_numpy().max())
+        assert diff == 0.0, f"{model}: max |dp| = {diff:.3g} between two runs of the same commit, data and seed"

@@ -70,3 +70,20 @@ CLAIM_TO_METRIC = {
     "precision": ("precision_malignant", "S2's binary precision; ours: malignant precision, 3 classes"),
     "recall": ("recall_malignant", "S2's binary recall; ours: malignant recall, 3 classes"),
 }
+
+#: The external test set (PROTOCOL.md §9): testing only, never training, tuning or thresholds.
+BREAST = {
+    "name": "BrEaST-Lesions_USG",
+    "citation": (
+        "Pawłowska A, Ćwierz-Pieńkowska A, Domalik A, et al. Curated benchmark dataset for ultrasound based "
+        "breast lesion analysis. Scientific Data 11, 148 (2024). doi:10.1038/s41597-024-02984-z; "
+        "The Cancer Imaging Archive, collection BREAST-LESIONS-USG (15 Dec 2023), CC BY 4.0"
+    ),
+    "url": "https://www.cancerimagingarchive.net/collection/breast-lesions-usg/",
+    "files": "BrEaST-Lesions_USG-images_and_masks-Dec-15-2023.zip and BrEaST-Lesions-USG-clinical-data-Dec-15-2023.xlsx",
+    "expected_images": {"normal": 4, "benign": 154, "malignant": 98},
+    "expected_tumour_masks": 252,
+    "expected_other_masks": 14,
+    "label_column": "Classification",
+    "image_column": "Image_filename",
+}

@@ -27,19 +27,19 @@ def load_profile(name_or_path: str, params_dir: Path) -> dict[str, Any]:
         path = params_dir / f"{name_or_path}.yaml"
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in params_dir.glob("*.yaml")))
-        raise ParameterError(f"unknown profile '{name_or_path}' (known: {known})")
+        raise ParameterError(f"unknown profile '{name_or_path}' — use one of: {known} (or a path to a .yaml file)")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ParameterError(f"cannot parse {path}: {str(exc).splitlines()[0]}") from None
+        raise ParameterError(f"cannot parse {path}: {str(exc).splitlines()[0]} — fix the YAML syntax") from None
     if not isinstance(data, dict):
-        raise ParameterError(f"{path} must hold a mapping of parameter: value")
+        raise ParameterError(f"{path} must hold a mapping of parameter: value — write one `key: value` per line")
     parent = data.pop("inherits", None)
     if parent:
         base = load_profile(parent, params_dir)
         unknown = sorted(set(data) - set(base))
         if unknown:
-            raise ParameterError(f"{path.name}: unknown parameter(s) {', '.join(unknown)} (not in {parent}.yaml)")
+            raise ParameterError(f"{path.name}: unknown parameter(s) {', '.join(unknown)} — every key must exist in {parent}.yaml")
         base.update(data)
         return base
     return data
@@ -48,7 +48,7 @@ def load_profile(name_or_path: str, params_dir: Path) -> dict[str, Any]:
 def parse_override(text: str) -> tuple[str, Any]:
     """``key=value`` → (key, value parsed as YAML: numbers, true/false, null, lists)."""
     if "=" not in text:
-        raise ParameterError(f"override '{text}' must look like key=value")
+        raise ParameterError(f"override '{text}' must look like key=value — e.g. --set seed=7")
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
@@ -65,13 +65,13 @@ def apply_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> dict[s
     out = dict(params)
     for key, value in overrides.items():
         if key not in params:
-            raise ParameterError(f"unknown parameter '{key}' (see params/default.yaml)")
+            raise ParameterError(f"unknown parameter '{key}' — see params/default.yaml for the known ones")
         old = params[key]
         if isinstance(old, bool) and not isinstance(value, bool):
-            raise ParameterError(f"parameter '{key}' must be true or false, got {value!r}")
+            raise ParameterError(f"parameter '{key}' must be true or false, got {value!r} — e.g. --set {key}=true")
         if isinstance(old, (int, float)) and not isinstance(old, bool):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ParameterError(f"parameter '{key}' must be a number, got {value!r}")
+                raise ParameterError(f"parameter '{key}' must be a number, got {value!r} — e.g. --set {key}={old}")
         out[key] = value
     return out
 
@@ -262,6 +262,15 @@ class TFLiteParams:
     agreement_folds: int | None
 
 
+@dataclasses.dataclass(frozen=True)
+class ExternalParams:
+    """External validation (PROTOCOL §9): the BrEaST-Lesions_USG folder (None: not given) and the gallery size."""
+
+    PREFIX: ClassVar[str] = "external_"
+    data: str | None
+    gallery: int
+
+
 #: Single values used across sections: the split seed (also seeds views, initialisation and
 #: batch order) and the figure resolution.
 SCALARS: dict[str, type] = {"seed": int, "figure_dpi": int}
@@ -271,7 +280,7 @@ SECTIONS: dict[str, type] = {
     "data": DataParams, "splits": SplitParams, "figures": FigureParams, "models": ModelParams,
     "augment": AugmentParams, "bootstrap": BootstrapParams, "source": SourceProtocolParams, "s2": S2Params,
     "s3": S3Params, "benchmark": BenchmarkParams, "s0": S0Params, "explain": ExplainParams, "s4": S4Params,
-    "tflite": TFLiteParams,
+    "tflite": TFLiteParams, "external": ExternalParams,
 }
 
 
@@ -375,6 +384,7 @@ class StudyParams:
     explain: ExplainParams | None = None
     s4: S4Params | None = None
     tflite: TFLiteParams | None = None
+    external: ExternalParams | None = None
 
     @classmethod
     def from_flat(cls, flat: dict[str, Any], partial: bool = False) -> StudyParams:

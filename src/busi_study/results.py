@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .data.store import write_json
+from .data.store import atomic_path, write_json
 
 RECORD = "metrics.json"
 SKIPPED = "SKIPPED.json"
@@ -102,7 +102,8 @@ class ResultsStore:
         (d / SKIPPED).unlink(missing_ok=True)
         for key, table in tables.items():
             if table is not None:
-                table.to_csv(d / TABLES[key], index=False)
+                with atomic_path(d / TABLES[key]) as tmp:  # never in place (an --only run may hard-link it)
+                    table.to_csv(tmp, index=False)
         write_json(record, d / RECORD)  # written last: its presence means the folder is complete
         return d
 

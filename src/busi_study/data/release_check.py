@@ -14,9 +14,10 @@ import pandas as pd
 OUTCOMES = ("identical bytes", "identical pixels", "different", "missing", "unexpected")
 
 
-def load_reference() -> pd.DataFrame:
-    """The packaged reference list (path, kind, label, sha256, bytes, width, height, mode, pixel_sha256)."""
-    with resources.files("busi_study.resources").joinpath("busi_reference.csv").open("r") as f:
+def load_reference(filename: str = "busi_reference.csv") -> pd.DataFrame:
+    """A packaged reference list (path, kind, label, sha256, bytes, width, height, mode, pixel_sha256):
+    BUSI's by default, ``breast_reference.csv`` for the external set."""
+    with resources.files("busi_study.resources").joinpath(filename).open("r") as f:
         return pd.read_csv(f, dtype={"sha256": str, "pixel_sha256": str})
 
 

@@ -107,7 +107,7 @@ def get_spec(name: str) -> BackboneSpec:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise StudyError(f"unknown backbone '{name}' (known: {', '.join(sorted(REGISTRY))})") from None
+        raise StudyError(f"unknown backbone '{name}' — use one of: {', '.join(sorted(REGISTRY))}") from None
 
 
 def feature_tensors(backbone, name: str, levels: tuple[str, ...] = ("C4", "C5")) -> list:
@@ -164,7 +164,7 @@ def build_backbone(name: str, input_size: int, weights: str | None = "imagenet",
     if w not in (None, "imagenet"):
         path_weights, w = Path(w), None
         if not path_weights.exists():
-            raise StudyError(f"{name}: weights file not found: {path_weights}")
+            raise StudyError(f"{name}: weights file not found: {path_weights} — put the file there or run without pretrained weights")
     try:
         model = ctor(include_top=False, weights=w, input_shape=shape, **kw)
     except Exception as exc:  # offline download failure, missing cache file, bad file

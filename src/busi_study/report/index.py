@@ -119,7 +119,9 @@ def _models_section(run_dir: Path, meta: dict) -> str:
         rows.append((name, _e(r["backbone"]), _e(r["weights"]), int(r["n"]), *cells))
     header = ("model", "backbone", "weights", "n", *cols[:-1], "CV wall time per fold (s)")
     html_t = '<div style="overflow-x:auto">' + _table(rows, header) + "</div>"
-    parts = [f"<p>Pooled out-of-fold predictions under grouped {_e(meta['params'].get('n_splits', 5))}-fold CV; "
+    # the protocol each model actually ran (from its results), not a parameter of this run
+    protocols = sorted(set(t.loc[t["status"] == "trained", "protocol"].dropna())) or ["no trained model"]
+    parts = [f"<p>Pooled out-of-fold predictions ({_e('; '.join(protocols))}); "
              f"95 % group-bootstrap CIs in brackets ({_e(meta['params'].get('bootstrap_resamples'))} resamples, "
              "percentile intervals; ECE is biased upwards in resamples, so its interval can lie above the point "
              "estimate). "
@@ -183,6 +185,60 @@ def _errors_section(run_dir: Path) -> str:
             parts.append(f'<figure style="max-width:640px"><img src="figures/{fig}.png" alt="{fig}"><figcaption>{fig} · '
                          f'<a href="figures/{fig}.pdf">PDF</a></figcaption></figure>')
     return "\n".join(parts) if parts else "<p>No error analysis in this run.</p>"
+
+
+def _external_section(run_dir: Path) -> str:
+    """External validation (notebook 08): the final models on BrEaST-Lesions_USG, beside BUSI CV."""
+    import json
+
+    summary_path = run_dir / "external_summary.json"
+    if not summary_path.exists():
+        return "<p>No external validation in this run (notebook 08 did not run).</p>"
+    summary = json.loads(summary_path.read_text())
+    if summary.get("skipped"):
+        return f'<p><span class="bad">skipped</span>: {_e(summary["skipped"])}</p>'
+    csv = run_dir / "tables" / "external_validation_metrics.csv"
+    if not csv.exists():
+        return "<p>External validation did not write its table.</p>"
+    t = pd.read_csv(csv)
+    metrics = [("auc", "AUC (p_malignant)"), ("sensitivity_spec90", "sensitivity @ spec90 thr."),
+               ("specificity_spec90", "specificity @ spec90 thr."), ("log_loss", "log loss"), ("log_loss_T", "log loss, BUSI T"),
+               ("ece", "ECE"), ("ece_T", "ECE, BUSI T")]
+    rows = []
+    for model, g in t.groupby("model", sort=False):
+        g = g.set_index("metric")
+        cells = []
+        for m, _ in metrics:
+            if m not in g.index:
+                cells.append("–")
+                continue
+            r = g.loc[m]
+            cells.append(f"{_ci(r['value'], r['ci_low'], r['ci_high'])}<br><small>BUSI CV {r['cv_value']:.3f}; "
+                         f"drop {r['drop']:+.3f}</small>")
+        name = f"<b>{_e(model)}</b>" + (" (best by BUSI CV)" if model == summary.get("best") else "")
+        rows.append((name, *cells))
+    d = summary.get("data", {})
+    ref = d.get("reference", {})
+    parts = [f"<p>Final models (trained on all of BUSI) tested on <b>{_e(d.get('dataset', 'BrEaST-Lesions_USG'))}</b> "
+             f"({_e(d.get('n_images'))} images from {_e(d.get('n_patients'))} patients, another centre and scanner mix; "
+             f"reference check: {_e(ref.get('pixel_identical_images'))} images / {_e(ref.get('pixel_identical_masks'))} masks "
+             f"identical to the release). Testing only (PROTOCOL.md §9): benign vs malignant on "
+             f"{_e(summary.get('n_lesions'))} lesion images ({_e(summary.get('n_malignant'))} malignant), score p_malignant; "
+             "thresholds and temperature fixed on BUSI validation predictions. 95 % bootstrap CIs over patients; "
+             "the BUSI CV value and the drop (BUSI − BrEaST) below each.</p>",
+             '<div style="overflow-x:auto">' + _table(rows, ("model", *[label for _, label in metrics])) + "</div>",
+             '<p><a href="tables/external_validation_metrics.csv">all metrics (CSV)</a> · '
+             '<a href="tables/external_auc_by_subgroup.csv">AUC by BI-RADS group and image type</a> · '
+             '<a href="tables/external_paired_differences.csv">paired comparison</a> · '
+             '<a href="tables/external_normal_images.csv">the normal images</a> · '
+             '<a href="tables/external_predicted_classes.csv">3-class calls</a> · '
+             '<a href="tables/external_localisation_summary.csv">pointing game</a> · '
+             '<a href="html/08_external_validation.html">notebook</a></p>']
+    fig = "external_roc_reliability"
+    if (run_dir / "figures" / f"{fig}.png").exists():
+        parts.append(f'<figure style="max-width:760px"><img src="figures/{fig}.png" alt="{fig}"><figcaption>{fig} · '
+                     f'<a href="figures/{fig}.pdf">PDF</a></figcaption></figure>')
+    return "\n".join(parts)
 
 
 def _figures_section(run_dir: Path) -> str:
@@ -268,6 +324,8 @@ group-bootstrap CIs).</p>
 {_models_section(run_dir, meta)}
 <h2 id="errors">Calibration and localisation</h2>
 {_errors_section(run_dir)}
+<h2 id="external">External validation</h2>
+{_external_section(run_dir)}
 <h2 id="figures">Figures</h2>
 <p>PNG at 300 dpi (click) and PDF, stable file names, for citation.</p>
 {_figures_section(run_dir)}

@@ -19,8 +19,10 @@ import pandas as pd
 CHECK_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "malignant_auc", "benign_vs_malignant_auc", "ece")
 TABLE_PATTERNS = ("comparison_*.csv", "comparison_*.md", "*_claims_vs_ours.csv", "*_source_protocol.csv",
                   "*_benchmark_*.csv", "splits_per_fold.csv", "data_reference_check.csv", "duplicates_label_conflicts.csv",
-                  "eda_intensity_vs_s0.csv", "localisation*.csv", "calibration*.csv", "error_*.csv",
+                  "eda_intensity_vs_s0.csv", "localisation*.csv", "calibration*.csv", "error_*.csv", "external_*.csv",
                   "s4_backbones.csv", "s4_metrics_binary.csv", "s4_paired_*.csv", "s4_tflite_targets.csv", "s4_wall_times.csv")
+#: External-validation metrics that ``--check-reference`` compares (PROTOCOL.md §9).
+EXTERNAL_CHECK_METRICS = ("auc", "sensitivity_spec90", "specificity_spec90", "ece")
 README_START, README_END = "<!-- reference-results:start -->", "<!-- reference-results:end -->"
 
 
@@ -44,7 +46,7 @@ def export_reference(run_dir: Path, ref_dir: Path, readme: Path | None = None) -
                 target = ref_dir / "metrics" / f"{d.name}{'' if name == 'metrics.json' else '.SKIPPED'}.json"
                 shutil.copy2(d / name, target)
                 written.append(target)
-    for name in ("run.json", "data_summary.json"):
+    for name in ("run.json", "data_summary.json", "external_summary.json"):
         if (run_dir / name).exists():
             shutil.copy2(run_dir / name, ref_dir / name)
             written.append(ref_dir / name)
@@ -126,7 +128,32 @@ def _extra_tables(ref_dir: Path) -> str:
             n = int(g.loc[g["map"] == "Grad-CAM (predicted class)", "n"].max())
             out.append(f"| {model} | {n} | " + " | ".join(cells) + " |")
         out.append("")
+    out += _external_markdown(ref_dir)
     return "\n".join(out) + ("\n" if out else "")
+
+
+def _external_markdown(ref_dir: Path) -> list[str]:
+    """Markdown lines for the external validation (BrEaST), when the reference run has it."""
+    summary_path, csv = ref_dir / "external_summary.json", ref_dir / "external_validation_metrics.csv"
+    if not summary_path.exists():
+        return []
+    summary = json.loads(summary_path.read_text())
+    if summary.get("skipped") or not csv.exists():
+        return [f"External validation (BrEaST-Lesions_USG): skipped in the reference run ({summary.get('skipped', 'no table')}).", ""]
+    t = pd.read_csv(csv)
+    metrics = [("auc", "AUC"), ("sensitivity_spec90", "sens @ spec90 thr."), ("specificity_spec90", "spec @ spec90 thr."),
+               ("log_loss", "log loss"), ("log_loss_T", "log loss, BUSI T"), ("ece", "ECE"), ("ece_T", "ECE, BUSI T")]
+    out = [f"External validation on BrEaST-Lesions_USG (testing only; benign vs malignant on {summary.get('n_lesions')} lesion "
+           f"images, {summary.get('n_malignant')} malignant, score p_malignant; thresholds and temperature from BUSI validation "
+           "predictions; 95 % bootstrap CI over patients; BUSI CV value and drop in the second line of each cell):", "",
+           "| model | " + " | ".join(label for _, label in metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for model, g in t.groupby("model", sort=False):
+        g = g.set_index("metric")
+        cells = [f"{_ci(g.loc[m, 'value'], g.loc[m, 'ci_low'], g.loc[m, 'ci_high'])}<br>BUSI {g.loc[m, 'cv_value']:.3f}, "
+                 f"drop {g.loc[m, 'drop']:+.3f}" if m in g.index else "–" for m, _ in metrics]
+        out.append(f"| {model}{' (best by BUSI CV)' if model == summary.get('best') else ''} | " + " | ".join(cells) + " |")
+    out.append("")
+    return out
 
 
 def check_against_reference(run_dir: Path, ref_dir: Path, metrics: tuple[str, ...] = CHECK_METRICS) -> pd.DataFrame:
@@ -143,4 +170,22 @@ def check_against_reference(run_dir: Path, ref_dir: Path, metrics: tuple[str, ..
                    "ci_high": r[f"{m}_ci_high"], "new": float(match[m].iloc[0]) if len(match) else float("nan")}
             row["inside"] = bool(len(match)) and row["ci_low"] - 1e-9 <= row["new"] <= row["ci_high"] + 1e-9
             rows.append(row)
+    rows += _check_external(Path(run_dir), Path(ref_dir))
     return pd.DataFrame(rows)
+
+
+def _check_external(run_dir: Path, ref_dir: Path) -> list[dict]:
+    """External-validation rows (model ``<name> (BrEaST)``) when the reference has them."""
+    ref_csv, new_csv = ref_dir / "external_validation_metrics.csv", run_dir / "tables" / "external_validation_metrics.csv"
+    if not ref_csv.exists():
+        return []
+    ref = pd.read_csv(ref_csv)
+    new = pd.read_csv(new_csv) if new_csv.exists() else ref.iloc[0:0]
+    rows = []
+    for _, r in ref[ref["metric"].isin(EXTERNAL_CHECK_METRICS)].iterrows():
+        match = new[(new["model"] == r["model"]) & (new["metric"] == r["metric"])]
+        value = float(match["value"].iloc[0]) if len(match) else float("nan")
+        rows.append({"model": f"{r['model']} (BrEaST)", "metric": f"external_{r['metric']}", "reference": r["value"],
+                     "ci_low": r["ci_low"], "ci_high": r["ci_high"], "new": value,
+                     "inside": bool(len(match)) and r["ci_low"] - 1e-9 <= value <= r["ci_high"] + 1e-9})
+    return rows

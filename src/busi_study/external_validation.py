@@ -1,0 +1,248 @@
+"""External validation of a run's final models on BrEaST-Lesions_USG (notebook 08, PROTOCOL.md §9).
+
+Every exported final model (``reports/<run>/models/<name>.keras``, trained on all of BUSI) is
+evaluated with :mod:`busi_study.external` — the code behind ``python -m busi_study evaluate`` —
+on the external images, with its temperature and thresholds fixed beforehand from the BUSI run's
+validation predictions (:func:`~busi_study.evaluation.external.settings_from_validation`). The
+same metrics on the BUSI out-of-fold predictions (each fold's settings from its own validation
+part) stand beside them, with the drop. Nothing is chosen on the external set: no model, no
+threshold, no temperature, no Grad-CAM threshold (IoU, which needs one, is not reported here).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from .data.breast import ExternalData
+from .evaluation.bootstrap import resample_weights
+from .evaluation.external import busi_cv_table, paired_auc_difference, settings_from_validation, subgroup_auc, with_drop
+from .external import FolderEvaluation, LabelledFolder, evaluate_model
+from .results import RECORD, TABLES, ResultsStore
+
+#: Metrics of the headline table, in order, with the label a reader sees.
+HEADLINE = {
+    "auc": "AUC (p_malignant)",
+    "auc_ratio_score": "AUC (p_m / (p_b + p_m))",
+    "sensitivity_spec90": "sensitivity @ BUSI-val spec90 threshold",
+    "specificity_spec90": "specificity @ BUSI-val spec90 threshold",
+    "sensitivity_sens90": "sensitivity @ BUSI-val sens90 threshold",
+    "specificity_sens90": "specificity @ BUSI-val sens90 threshold",
+    "sensitivity_argmax": "sensitivity @ argmax",
+    "specificity_argmax": "specificity @ argmax",
+    "log_loss": "log loss (3-class probabilities)",
+    "log_loss_T": "log loss after BUSI temperature",
+    "ece": "ECE (15 bins, top label)",
+    "ece_T": "ECE after BUSI temperature",
+}
+
+
+@dataclass
+class FinalModel:
+    name: str
+    path: Path
+    card: dict
+    results_dir: Path
+    recipe: dict
+
+
+@dataclass
+class ExternalResults:
+    evaluations: dict[str, FolderEvaluation]
+    summary: pd.DataFrame          # model, metric, label, value, ci_low, ci_high, cv_value, cv_ci_low, cv_ci_high, drop
+    settings: pd.DataFrame         # model, temperature, threshold_spec90, threshold_sens90, rule
+    best: str | None               # by BUSI CV benign-vs-malignant AUC (never by the external result)
+    skipped: list[str] = field(default_factory=list)
+
+
+def final_models(report_dir: Path) -> tuple[list[FinalModel], list[str]]:
+    """Exported final models that have a card and BUSI CV predictions; and why others are left out."""
+    store = ResultsStore(report_dir)
+    found, skipped = [], []
+    for path in sorted(store.models_dir.glob("*.keras")):
+        res = store.model_dir(path.stem)
+        card = path.with_suffix(".json")
+        need = (card, res / RECORD, res / TABLES["oof"], res / TABLES["val"])
+        missing = [str(f.relative_to(store.report_dir)) for f in need if not f.exists()]
+        if missing:
+            skipped.append(f"{path.stem}: missing {', '.join(missing)}")
+            continue
+        found.append(FinalModel(path.stem, path, json.loads(card.read_text()), res, store.load(path.stem).recipe))
+    return found, skipped
+
+
+def labelled_folder(data: ExternalData) -> LabelledFolder:
+    """The external table as the ``evaluate`` command's rows (one patient per group)."""
+    t = data.table
+    rows = pd.DataFrame({"row": np.arange(len(t)), "image": t["image_id"], "path": [str(data.root / p) for p in t["path"]],
+                         "label": t["label"], "group": t["patient_id"]})
+    rows = pd.concat([rows, t[["image_id", "birads", "birads_group", "image_type", "tumour_mask"]].reset_index(drop=True)], axis=1)
+    return LabelledFolder(data.root, rows, pd.DataFrame(columns=["row", "image", "reason"]))
+
+
+def run_external(report_dir: Path, data: ExternalData, n_resamples: int = 2000, seed: int = 0,
+                 progress: bool = True) -> ExternalResults:
+    """Evaluate every final model of ``report_dir`` on ``data`` (benign vs malignant)."""
+    import keras
+
+    from .predict import load_model
+
+    models, skipped = final_models(report_dir)
+    folder = labelled_folder(data)
+    evs, rows, settings_rows, cv_auc = {}, [], [], {}
+    for fm in tqdm(models, desc="external validation", disable=not progress):
+        val, oof = pd.read_csv(fm.results_dir / TABLES["val"]), pd.read_csv(fm.results_dir / TABLES["oof"])
+        s = settings_from_validation(val, "malignant", ("benign",))
+        model, _ = load_model(fm.path)
+        ev = evaluate_model(model, fm.name, folder, s, "malignant", ("benign",), n_resamples, seed)
+        keras.backend.clear_session()
+        ev.info["title"], ev.info["weights"] = fm.card.get("title", fm.name), fm.card.get("weights", "")
+        evs[fm.name] = ev
+        cv = busi_cv_table(oof, val, "malignant", ("benign",), n_resamples, seed)
+        cv_auc[fm.name] = float(cv.set_index("metric").loc["auc", "value"])
+        t = with_drop(ev.table, cv)
+        t.insert(0, "model", fm.name)
+        rows.append(t)
+        settings_rows.append({"model": fm.name, "temperature": s.temperature, **{f"threshold_{k}": v for k, v in s.thresholds.items()},
+                              "n_validation": s.n_validation, "rule": s.rule})
+    summary = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    if len(summary):
+        summary.insert(2, "label", summary["metric"].map(HEADLINE).fillna(summary["metric"]))
+    best = max(cv_auc, key=cv_auc.get) if cv_auc else None
+    return ExternalResults(evs, summary, pd.DataFrame(settings_rows), best, skipped)
+
+
+def headline(res: ExternalResults, metrics: tuple[str, ...] = ("auc", "sensitivity_spec90", "specificity_spec90",
+                                                                 "log_loss", "log_loss_T", "ece", "ece_T")) -> pd.DataFrame:
+    """One row per model: ``metric`` as "value [lo, hi]" and ``metric (BUSI CV)`` beside it, plus the drop."""
+    rows = []
+    for model, g in res.summary.groupby("model", sort=False):
+        g = g.set_index("metric")
+        row = {"model": model}
+        for m in metrics:
+            r = g.loc[m]
+            row[m] = f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+            row[f"{m} (BUSI CV)"] = f"{r['cv_value']:.3f} [{r['cv_ci_low']:.3f}, {r['cv_ci_high']:.3f}]"
+            row[f"{m} drop"] = round(float(r["drop"]), 3)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def predicted_classes(res: ExternalResults) -> pd.DataFrame:
+    """3-class predictions (argmax) against the true label, per model: rows model × label, columns predicted."""
+    parts = []
+    for name, ev in res.evaluations.items():
+        t = pd.crosstab(ev.predictions["label"], ev.predictions["predicted"]).reindex(columns=["normal", "benign", "malignant"],
+                                                                                      fill_value=0)
+        parts.append(t.assign(model=name).reset_index().set_index(["model", "label"]))
+    return pd.concat(parts) if parts else pd.DataFrame()
+
+
+def normal_cases(res: ExternalResults) -> pd.DataFrame:
+    """The external set's normal images (not in the binary task), with each model's probabilities."""
+    parts = []
+    for name, ev in res.evaluations.items():
+        p = ev.predictions[ev.predictions["label"] == "normal"]
+        parts.append(p[["image", "label", "p_normal", "p_benign", "p_malignant", "predicted"]].assign(model=name))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def subgroups(res: ExternalResults, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """AUC (p_malignant) by BI-RADS group and by image type, per model, with bootstrap CIs over patients."""
+    parts = []
+    for name, ev in res.evaluations.items():
+        d = ev.predictions[ev.predictions["in_task"]]
+        y = d["label"].map({"benign": 1, "malignant": 2}).to_numpy()
+        for by in ("birads_group", "image_type"):
+            t = subgroup_auc(y, d["p_malignant"].to_numpy(), d["group"].to_numpy(), d[by].replace("", "unknown").to_numpy(),
+                             "malignant", n_resamples, seed)
+            parts.append(t.assign(model=name, by=by).sort_values("subgroup"))
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    return out[["model", "by", "subgroup", "n", "n_positive", "n_negative", "auc", "ci_low", "ci_high"]] if len(out) else out
+
+
+def paired(res: ExternalResults, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """The BUSI-best model's external AUC minus each other model's, paired over the same patients."""
+    if res.best is None or len(res.evaluations) < 2:
+        return pd.DataFrame()
+    ref = res.evaluations[res.best].predictions
+    task = ref[ref["in_task"]]
+    scores = {}
+    for name, ev in res.evaluations.items():
+        p = ev.predictions.set_index("image")
+        scores[name] = p.loc[task["image"], "p_malignant"].to_numpy()
+    y = task["label"].map({"benign": 1, "malignant": 2}).to_numpy()
+    return paired_auc_difference(y, scores, task["group"].to_numpy(), res.best, "malignant", n_resamples, seed)
+
+
+def missed_malignancies(ev: FolderEvaluation, threshold: str = "spec90") -> pd.DataFrame:
+    """Malignant images scored below the BUSI-validation threshold, lowest score first."""
+    t = ev.settings["thresholds"].get(threshold, np.nan)
+    p = ev.predictions
+    missed = p[(p["label"] == "malignant") & (p["p_malignant"] < t)].sort_values("p_malignant")
+    return missed.assign(threshold=t)
+
+
+def pointing_game(fm: FinalModel, data: ExternalData, layer: str | None, method: str = "gradcam", tolerance: float = 0.05,
+                  batch_size: int = 16) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Grad-CAM (predicted class) of the final model on every lesion image with a tumour mask.
+
+    Per image: pointing-game hit (map maximum within the mask dilated by ``tolerance`` × diagonal),
+    energy inside the mask, and the same for a centred Gaussian map; plus a few maps for figures.
+    """
+    import cv2
+    import keras
+
+    from .data.images import read_mask, read_rgb
+    from .explain.gradcam import gradcam, upsample
+    from .explain.localisation import baseline_table, localisation_table
+    from .predict import load_model
+
+    model, _ = load_model(fm.path)
+    size = int(model.inputs[0].shape[1])
+    d = data.lesions[data.lesions["tumour_mask"] != ""].reset_index(drop=True)
+    rows, maps = [], {}
+    for start in range(0, len(d), batch_size):
+        part = d.iloc[start : start + batch_size]
+        x = np.stack([cv2.resize(read_rgb(data.root / p), (size, size), interpolation=cv2.INTER_AREA) for p in part["path"]])
+        proba = np.asarray(model(x.astype(np.float32), training=False))  # a direct call: no retracing per batch
+        masks = [read_mask(data.root / m) for m in part["tumour_mask"]]
+        cams = upsample(gradcam(model, x.astype(np.float32), proba.argmax(axis=1), layer, method), [m.shape for m in masks])
+        lt = localisation_table(cams, masks, 0.5, tolerance, list(part["image_id"]))
+        lb = baseline_table(masks, 0.5, tolerance, ids=list(part["image_id"]))
+        for k, (_, r) in enumerate(part.iterrows()):
+            rows.append({"image_id": r["image_id"], "patient_id": r["patient_id"], "label": r["label"],
+                         "predicted": ["normal", "benign", "malignant"][int(proba[k].argmax())],
+                         "pointing_hit": lt.iloc[k]["pointing_hit"], "energy_inside": lt.iloc[k]["energy_inside"],
+                         "baseline_pointing_hit": lb.iloc[k]["pointing_hit"], "baseline_energy_inside": lb.iloc[k]["energy_inside"]})
+            if len(maps) < 64:
+                maps[r["image_id"]] = cams[k]
+    keras.backend.clear_session()
+    return pd.DataFrame(rows), maps
+
+
+def summarise_pointing(loc: pd.DataFrame, model: str, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Mean pointing-game hit rate and energy inside the mask (map and baseline), CIs over patients."""
+    rows = []
+    for subset, d in (("all lesions", loc), ("correctly classified lesions", loc[loc["label"] == loc["predicted"]])):
+        if d.empty:
+            continue
+        w = resample_weights(d["patient_id"].to_numpy(), n_resamples, seed).astype(float)
+        for col, measure, mp in (("pointing_hit", "pointing_hit", "Grad-CAM (predicted class)"),
+                                 ("baseline_pointing_hit", "pointing_hit", "centred Gaussian baseline"),
+                                 ("energy_inside", "energy_inside", "Grad-CAM (predicted class)"),
+                                 ("baseline_energy_inside", "energy_inside", "centred Gaussian baseline")):
+            v = d[col].to_numpy(dtype=float)
+            ok = np.isfinite(v)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                boot = (w[:, ok] * v[ok]).sum(axis=1) / w[:, ok].sum(axis=1)
+            boot = boot[np.isfinite(boot)]
+            lo, hi = np.percentile(boot, [2.5, 97.5]) if boot.size else (np.nan, np.nan)
+            rows.append({"model": model, "subset": subset, "measure": measure, "map": mp, "n": int(ok.sum()),
+                         "value": float(v[ok].mean()) if ok.any() else np.nan, "ci_low": float(lo), "ci_high": float(hi)})
+    return pd.DataFrame(rows)
