@@ -21,14 +21,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from busi_study.cli import REPO, main, run_all_main
+from busi_study.cli import main, run_all_main
 from busi_study.data.images import read_gray, read_rgb
 from busi_study.data.manifest import scan_dataset
 from busi_study.data.prepare import prepare_data as _prepare_data
 from busi_study.data.store import ProcessedData
 from busi_study.errors import ProvenanceError, StudyError
 from busi_study.report import runner
-from busi_study.report.runner import discover_notebooks
 
 
 # ---------------------------------------------------------------- helpers
@@ -248,7 +247,7 @@ def test_predict_corrupt_model(capsys, tmp_path, demo_root):
 def test_predict_not_a_keras_file(capsys, tmp_path, demo_root):
     m = tmp_path / "weights.h5"
     m.write_bytes(b"\x89HDF\r\n")
-    cli(capsys, ["predict", str(demo_root / "benign"), "--model", str(m)], "not a .keras or .tflite model file")
+    cli(capsys, ["predict", str(demo_root / "benign"), "--model", str(m)], "not a .keras model file")
 
 
 def test_predict_model_of_another_task(capsys, tmp_path, demo_root):
@@ -257,7 +256,7 @@ def test_predict_model_of_another_task(capsys, tmp_path, demo_root):
     model = keras.Model(inp, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inp)))
     m = tmp_path / "two_class.keras"
     model.save(m)
-    cli(capsys, ["predict", str(demo_root / "benign"), "--model", str(m)], "is not an image classifier of this study")
+    cli(capsys, ["predict", str(demo_root / "benign"), "--model", str(m)], "not a 3-class image classifier")
 
 
 def test_predict_out_in_a_missing_folder(capsys, tmp_path, demo_root):
@@ -483,7 +482,7 @@ def test_console_shows_the_data_check(tmp_path, fake_papermill, capsys, prepared
     fake_papermill["00_download"] = download
     assert _run(tmp_path) == 0
     out = capsys.readouterr().out
-    n = len(discover_notebooks(REPO / "notebooks"))  # the count grows with the study
+    n = len(runner.discover_notebooks(Path(runner.__file__).resolve().parents[3] / "notebooks"))
     after_00 = out[out.index(f"[1/{n}] 00_download"):out.index(f"[2/{n}]")]
     assert "data: 46 images" in after_00 and "WARNING: unexpected counts" in after_00
     assert out.rstrip().splitlines()[-2].startswith("WARNING: unexpected counts")  # again at the end of the run

@@ -85,12 +85,16 @@ def test_binary_training_learns_and_faithful_keeps_the_last_epoch():
     c4 = rng.normal(size=(2, n, 4, 4, 6)).astype(np.float32)
     c4[:, :, :, :, 0] += 3.0 * y[None, :, None, None]  # one channel separates the classes
     c5 = rng.normal(size=(2, n, 2, 2, 5)).astype(np.float32)
+    keras.utils.set_random_seed(0)  # the head's initial weights, independent of earlier tests
     head = ssdlite_head((4, 4, 6), (2, 2, 5), channels=4, dropout=0.0)
     cfg = TrainConfig(epochs=12, batch_size=8, learning_rate=0.01, patience=None, restore_best=False, steps_per_execution=2)
     res = train(head, (c4, c5), y, np.arange(40), np.arange(40, 60), cfg, seed=0)
     assert res.best_epoch == 12 and len(res.history) == 12
     p = head.predict([c4[0, 40:], c5[0, 40:]], verbose=0).ravel()
-    assert ((p >= 0.5) == y[40:]).mean() >= 0.9
+    from sklearn.metrics import roc_auc_score
+
+    # ranking, not the 0.5 threshold: BatchNorm's moving averages lag after only 60 steps
+    assert roc_auc_score(y[40:], p) >= 0.95
 
 
 def test_s4_recipes_from_params():

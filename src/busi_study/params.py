@@ -230,15 +230,6 @@ class ExplainParams:
 
 
 @dataclasses.dataclass(frozen=True)
-class ExternalParams:
-    """External validation (PROTOCOL §9): the BrEaST-Lesions_USG folder (None: not given) and the gallery size."""
-
-    PREFIX: ClassVar[str] = "external_"
-    data: str | None
-    gallery: int
-
-
-@dataclasses.dataclass(frozen=True)
 class S4Params:
     """S4: C4 + C5 features of a frozen backbone → SSDLite-style head, benign vs malignant (notebook 06).
 
@@ -269,6 +260,15 @@ class TFLiteParams:
     latency_runs: int
     latency_warmup: int
     agreement_folds: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ExternalParams:
+    """External validation (PROTOCOL §9): the BrEaST-Lesions_USG folder (None: not given) and the gallery size."""
+
+    PREFIX: ClassVar[str] = "external_"
+    data: str | None
+    gallery: int
 
 
 #: Single values used across sections: the split seed (also seeds views, initialisation and

@@ -48,35 +48,53 @@ def load_model(path: Path):
     hint = "use a .keras or .tflite file exported by the study, e.g. reports/latest/models/NAME.keras"
     if not path.exists():
         raise ModelFileError(f"model file not found: {path} — {hint}")
-    suffix = path.suffix.lower()
-    if path.is_dir() or suffix not in (".keras", ".tflite"):
-        raise ModelFileError(f"not a .keras or .tflite model file: {path} — {hint}")
-    try:
-        if suffix == ".tflite":
-            from .models.tflite import TFLiteModel
+    if path.is_file() and path.suffix.lower() == ".tflite":
+        from .models.tflite import TFLiteModel
 
+        try:
             model = TFLiteModel(path)
-        else:
-            import keras
+        except Exception as exc:  # not a flatbuffer, truncated, unsupported ops
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise ModelFileError(f"cannot load the TFLite model {path} ({type(exc).__name__}: {reason}) — {hint}") from None
+        if model.n_outputs not in (1, len(CLASSES)):
+            raise ModelFileError(f"{path} is not a classifier of this study (output {model.n_outputs}) — {hint}")
+    else:
+        if path.is_dir() or path.suffix.lower() != ".keras":
+            raise ModelFileError(f"not a .keras model file (nor .tflite): {path} — {hint}")
+        import keras
 
-            from .models import builders  # noqa: F401  (registers the custom preprocessing layer)
+        from .models import builders  # noqa: F401  (registers the custom preprocessing layer)
 
+        try:
             model = keras.models.load_model(path, compile=False)
-    except Exception as exc:  # a corrupt or foreign file fails in many ways inside Keras / LiteRT
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise ModelFileError(f"cannot load the model {path} ({type(exc).__name__}: {reason}) — the file is corrupt "
-                             f"or not a model of this study; {hint}") from None
-    if suffix == ".keras":
+        except Exception as exc:  # a corrupt or foreign file fails in many ways inside Keras
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise ModelFileError(f"cannot load the model {path} ({type(exc).__name__}: {reason}) — the file is corrupt "
+                                 f"or not a Keras 3 model; {hint}") from None
         shape_in, shape_out = tuple(model.inputs[0].shape), tuple(model.outputs[0].shape)
+        # three classes, or one sigmoid unit (the binary S4-style model: p_malignant)
         if len(shape_in) != 4 or shape_in[1] is None or shape_in[-1] != 3 or shape_out[-1] not in (1, len(CLASSES)):
-            raise ModelFileError(f"{path} is not an image classifier of this study ({len(CLASSES)} classes, or 1 sigmoid "
-                                 f"output for benign vs malignant; input {shape_in}, output {shape_out}) — {hint}")
+            raise ModelFileError(f"{path} is not a {len(CLASSES)}-class image classifier of this study (nor a binary one "
+                                 f"with one sigmoid output; input {shape_in}, output {shape_out}) — {hint}")
     card_path = path.with_suffix(".json")
     try:
         card = json.loads(card_path.read_text()) if card_path.exists() else {}
     except (OSError, ValueError):
         card = {}  # the card is documentation; a broken one does not stop a prediction
     return model, card
+
+
+def three_class(proba: np.ndarray) -> np.ndarray:
+    """(n, 3) probabilities; a binary model's (n, 1) p_malignant becomes (NaN, 1 - p, p)."""
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.ndim == 2 and proba.shape[1] == 1:
+        p = proba[:, 0]
+        return np.stack([np.full_like(p, np.nan), 1.0 - p, p], axis=1)
+    return proba
+
+
+def _predicted(p: np.ndarray) -> str:
+    return CLASSES[int(np.nanargmax(p))]
 
 
 def check_out_path(out: Path) -> None:
@@ -105,19 +123,6 @@ def write_table(table: pd.DataFrame, out: Path) -> None:
         if converted is None:
             raise
         raise converted from None
-
-
-def three_class(proba: np.ndarray) -> np.ndarray:
-    """(n, 3) probabilities; a binary model's (n, 1) p_malignant becomes (NaN, 1 - p, p)."""
-    proba = np.asarray(proba, dtype=np.float64)
-    if proba.ndim == 2 and proba.shape[1] == 1:
-        p = proba[:, 0]
-        return np.stack([np.full_like(p, np.nan), 1.0 - p, p], axis=1)
-    return proba
-
-
-def _predicted(p: np.ndarray) -> str:
-    return CLASSES[int(np.nanargmax(p))]
 
 
 def predict_files(model, files: list[Path], batch_size: int = 16) -> pd.DataFrame:
