@@ -31,6 +31,7 @@ TABLES = {
     "history": "history.csv",               # learning curves per fold and phase
     "pooled": "metrics_pooled.csv",         # pooled metrics with CIs
     "per_fold": "metrics_per_fold.csv",     # metrics per fold
+    "binary": "metrics_binary.csv",         # benign-vs-malignant metrics with CIs (binary models)
 }
 
 
@@ -67,10 +68,16 @@ class ModelResults:
 class ResultsStore:
     """The results of one run folder (``report_dir``)."""
 
-    def __init__(self, report_dir: Path | str) -> None:
+    def __init__(self, report_dir: Path | str, folder: str = "results") -> None:
         self.report_dir = Path(report_dir)
-        self.root = self.report_dir / "results"
+        self.root = self.report_dir / folder
         self.models_dir = self.report_dir / "models"
+
+    @property
+    def binary(self) -> ResultsStore:
+        """Benign-vs-malignant models (S4's task): ``results_binary/<model>/``, the same layout, kept
+        apart so that the three-class readers (comparison, error analysis, external) never mix them in."""
+        return ResultsStore(self.report_dir, "results_binary")
 
     # ---------- writing ----------
     def model_dir(self, name: str) -> Path:

@@ -4,8 +4,8 @@ Every step is one call from the notebook:
 
 * :func:`run_variant` — grouped CV of one training variant on the shared C4/C5 cache, evaluated
   under the protocol (binary metrics with group-bootstrap CIs), written to
-  ``reports/<run>/results_binary/<name>/`` (kept apart from the three-class results store, whose
-  readers expect three-class predictions);
+  ``reports/<run>/results_binary/<name>/`` through ``ResultsStore.binary`` (the same store, a
+  separate folder: the three-class readers expect three-class predictions);
 * :func:`compare_with_three_class` — paired group bootstrap of the binary model's
   benign-vs-malignant AUC against each three-class model's, on the same out-of-fold lesion images;
 * :func:`protocol_table` — S4's claim / S4's protocol / augment-after-split / grouped CV;
@@ -48,7 +48,7 @@ class VariantRun:
 
 
 def results_dir(report_dir: Path, name: str) -> Path:
-    return Path(report_dir) / "results_binary" / name
+    return ResultsStore(report_dir).binary.model_dir(name)
 
 
 def _provenance() -> dict:
@@ -75,13 +75,7 @@ def run_variant(ex: LightweightExperiment, splits: pd.DataFrame, bootstrap: Boot
     conflicts = set(groups.loc[groups["label_conflict"], "image_id"])
     ev = evaluate(cv.oof, cv.val, conflict_ids=conflicts, n_resamples=bootstrap.resamples, seed=bootstrap.seed)
     run = VariantRun(ex.recipe, cv, ev, binary_table(ev), results_dir(report_dir, ex.recipe.name))
-    out = run.results_dir
-    out.mkdir(parents=True, exist_ok=True)
-    cv.oof.to_csv(out / "oof.csv", index=False)
-    cv.val.to_csv(out / "val_predictions.csv", index=False)
-    cv.history.to_csv(out / "history.csv", index=False)
-    run.table.to_csv(out / "metrics_binary.csv", index=False)
-    write_json({
+    record = {
         "model": ex.recipe.name, "title": ex.recipe.title, "recipe": ex.recipe.as_dict(), "task": "benign vs malignant",
         "protocol": f"grouped {splits['fold'].nunique()}-fold CV restricted to lesion images, seed {splits['seed'].iloc[0]}, "
                     "pooled out-of-fold",
@@ -91,7 +85,9 @@ def run_variant(ex: LightweightExperiment, splits: pd.DataFrame, bootstrap: Boot
         "timing": {**ex.timing, "per_fold": cv.timing.to_dict(orient="records")},
         "bootstrap": {"resamples": bootstrap.resamples, "seed": bootstrap.seed, "ci": 0.95},
         "data_manifest_sha256": sha256_of(ex.store.manifest), **_provenance(),
-    }, out / "metrics.json")
+    }
+    tables = {"oof": cv.oof, "val": cv.val, "history": cv.history, "binary": run.table}
+    ResultsStore(report_dir).binary.write_trained(ex.recipe.name, tables, record)  # atomic files, record last
     return run
 
 
