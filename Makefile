@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make report   create .venv if missing, install, register the kernel, run the study
 #   make test     same environment, run the test suite
+#   make app      serve the Streamlit app on 127.0.0.1 (exported models of reports/latest)
 # Pass run_all.py options with ARGS, e.g. make report ARGS="--data ~/Dataset_BUSI_with_GT".
 
 PYTHON ?= python3
@@ -9,7 +10,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: report test lint env clean-env
+.PHONY: report test lint env clean-env app
 
 env: $(STAMP)
 
@@ -24,6 +25,9 @@ $(STAMP): env/requirements.txt env/requirements-dev.txt pyproject.toml
 
 report: $(STAMP)
 	$(PY) run_all.py $(ARGS)
+
+app: $(STAMP)
+	$(PY) -m busi_study.app $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

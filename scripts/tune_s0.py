@@ -4,7 +4,7 @@
         --grid s0_unfreeze_blocks=4,8 s0_input_size=224,288
 
 Runs grouped 5-fold CV for every combination of the grid on the prepared data
-(``data/processed/busi``, written by 00_download) and scores each combination on the pooled
+(those of a complete run, ``--report``, default reports/latest; written by 00_download) and scores each combination on the pooled
 *inner validation* predictions (the validation groups of each outer training part). The outer
 test folds are never looked at here: the table holds validation metrics only, so the choice it
 supports does not leak into the cross-validated results the study reports. Validation sets also
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     from busi_study.data.store import ProcessedData
-    from busi_study.errors import ParameterError
+    from busi_study.errors import ParameterError, StudyError
     from busi_study.evaluation.evaluate import arrays
     from busi_study.evaluation.metrics import classification_metrics
     from busi_study.models.experiment import Experiment
@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="reference")
-    p.add_argument("--data-dir", type=Path, default=REPO / "data")
-    p.add_argument("--dataset", default="busi", help="processed dataset under data/processed (busi or demo)")
+    p.add_argument("--report", type=Path, default=REPO / "reports" / "latest",
+                   help="a run whose processed data (data_summary.json, written by 00) are used; default reports/latest")
     p.add_argument("--grid", nargs="+", default=[], help="KEY=V1,V2,... (profile keys)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
@@ -55,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     except ParameterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    store = ProcessedData(args.data_dir / "processed" / args.dataset)
+    try:
+        store = ProcessedData.of_run(args.report)
+    except StudyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     splits = store.read("splits")
     splits = splits[splits["seed"] == int(params["seed"])]
     rows = []

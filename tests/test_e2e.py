@@ -6,8 +6,10 @@ the report is opened in headless Chromium. In CI (CI=true) a missing Chromium is
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -102,6 +104,9 @@ def test_models_results_exports_and_comparison(study):
         assert metrics["weights"] in ("imagenet", "random init") and metrics["n"] == len(oof)
         card = json.loads((run / "models" / f"{model}.json").read_text())
         assert card["classes"] == ["normal", "benign", "malignant"] and "accuracy_ci_low" in card["cv_metrics"]
+        # what the app needs: a temperature and malignant thresholds from validation predictions
+        assert card["decision"]["temperature"] > 0 and card["decision"]["n_validation"] == len(pd.read_csv(res / "val_predictions.csv"))
+        assert card["gradcam_layer"]
         assert (run / "models" / f"{model}.keras").exists()
         assert (res / "localisation_per_image.csv").exists()
     for skipped in table.loc[table["status"] == "skipped", "flags"]:
@@ -128,6 +133,31 @@ def test_external_validation_skips_without_external_data(study):
     index = (run / "index.html").read_text()
     section = index[index.index('id="external"'):index.index('id="figures"')]
     assert "skipped" in section and "cancerimagingarchive" in section
+
+
+def test_s4_lightweight_protocol_and_tflite_export(study):
+    _, _, run = study
+    backbones = pd.read_csv(run / "tables" / "s4_backbones.csv")
+    assert "mobilenet_v3_small" in set(backbones["backbone"])
+    claims = pd.read_csv(run / "tables" / "s4_claims_vs_ours.csv")
+    assert len(claims) == 4 and claims.loc[0, "accuracy"] == 0.96
+    s4, after = claims.iloc[1], claims.iloc[2]
+    assert s4["copy_in_training"] > 0.5 * s4["n_test"] and after["copy_in_training"] == 0  # the leak, counted
+    binary = pd.read_csv(run / "tables" / "s4_metrics_binary.csv")
+    assert {"auc", "accuracy", "f1_malignant", "sens_at_spec90", "ece"} <= set(binary["metric"])
+    assert binary["model"].str.endswith("faithful").any() and binary["model"].str.endswith("early_stopped").any()
+    paired = pd.read_csv(run / "tables" / "s4_paired_vs_three_class.csv")
+    assert "s2_cnn" in set(paired["model_b"])
+    export = pd.read_csv(run / "tables" / "s4_benchmark_tflite.csv")
+    assert list(export["format"]) == ["keras", "float32", "float16", "dynamic_int8", "full_int8"]
+    tfl = export[export["format"] != "keras"]
+    assert (tfl["median_ms_1t"] > 0).all() and (tfl["p90_ms_1t"] >= tfl["median_ms_1t"]).all()
+    assert tfl.loc[tfl["format"] == "float32", "max_abs_dp"].iloc[0] < 1e-4
+    name = export["model"].iloc[0]
+    card = json.loads((run / "models" / f"{name}.full_int8.json").read_text())
+    assert card["classes"] == ["benign", "malignant"] and card["format"] == "TFLite full_int8"
+    assert (run / "models" / f"{name}.full_int8.tflite").exists()
+    assert (run / "tables" / "s4_benchmark_tflite_three_class.csv").exists()
 
 
 def test_index_links_resolve_and_page_says_demo(study):
@@ -158,7 +188,7 @@ def test_failed_run_keeps_previous_report(study):
     failed = run_all(tmp, "--set", "n_splits=1")
     assert failed.returncode == 1
     err = [line for line in failed.stderr.splitlines() if line.startswith("FAILED")]
-    assert err == ["FAILED: 00_download: ParameterError: n_splits must be at least 2, got 1"]
+    assert err == ["FAILED: 00_download: ParameterError: n_splits must be at least 2, got 1 — e.g. --set n_splits=5"]
     assert "partial output:" in failed.stderr and "Traceback" not in failed.stderr
     assert (tmp / "reports" / "latest").resolve() == good
     bad_runs = [p for p in (tmp / "reports").iterdir() if (p / "FAILED.txt").exists()]
@@ -177,3 +207,66 @@ def test_only_reruns_one_notebook_and_carries_the_rest(study):
     assert by["00_download"]["from_run"] == good.name and by["01_eda_intensity"]["from_run"] is None
     assert (new / "html" / "00_download.html").exists()
     assert meta["partial_of"] == good.name
+
+
+def _app_script(reports=None):
+    from busi_study.app.pages import run_app
+
+    run_app(reports=reports)
+
+
+def test_app_serves_the_exported_models(study):
+    """The app on this run's exported models: best model first, an upload answered, the card shown."""
+    from streamlit.testing.v1 import AppTest
+
+    tmp, _, run = study
+    at = AppTest.from_function(_app_script, kwargs={"reports": str(tmp / "reports")}, default_timeout=300).run()
+    assert not at.exception
+    table = pd.read_csv(run / "tables" / "comparison_models.csv")
+    best = table[table["status"] == "trained"].sort_values("macro_auc", ascending=False)["model"].iloc[0]
+    assert at.selectbox(key="model").value.startswith(best)
+    image = next(p for p in sorted((tmp / "data").rglob("benign*.png")) if "_mask" not in p.name)
+    at.file_uploader(key="uploads").set_value([(image.name, image.read_bytes(), "image/png")]).run()
+    assert not at.exception and not at.error
+    assert any("| class | raw | calibrated |" in m.value for m in at.markdown)
+    assert at.dataframe[0].value["p_malignant"].notna().all()
+    at.sidebar.radio(key="page").set_value("Model card").run()
+    assert not at.exception and "Cross-validated performance" in [h.value for h in at.header]
+
+
+def _tree(run: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(run)): (p.stat().st_ino, p.stat().st_size) for p in run.rglob("*") if p.is_file()}
+
+
+def test_only_run_links_files_and_never_changes_the_run_it_builds_on(study):
+    tmp, _, _ = study
+    base = (tmp / "reports" / "latest").resolve()
+    before = {p: hashlib.sha256((base / p).read_bytes()).hexdigest() for p in _tree(base)}
+    res = run_all(tmp, "--only", "01", "--set", "figure_dpi=-1")  # a failing --only run (matplotlib: dpi must be positive)
+    assert res.returncode == 1 and "FAILED: 01_eda_intensity" in res.stderr
+    new = max((p for p in (tmp / "reports").iterdir() if p.name != "latest"), key=lambda p: p.stat().st_mtime)
+    assert (tmp / "reports" / "latest").resolve() == base and not (new / "COMPLETE.json").exists()
+    assert {p: hashlib.sha256((base / p).read_bytes()).hexdigest() for p in _tree(base)} == before
+    shared = {i for i, _ in _tree(base).values()}
+    own = sum(size for i, size in _tree(new).values() if i not in shared)
+    total = sum(size for _, size in _tree(base).values())
+    assert own < 0.5 * total, (own, total)  # links, not a copy of the whole report
+
+
+def test_rerun_gives_identical_out_of_fold_predictions(study):
+    """Same commit, data and seed on the same machine: every model's OOF predictions identical,
+    also when the frozen-feature cache is recomputed (issue 12, defect 6)."""
+    tmp, _, first = study
+    shutil.rmtree(tmp / "data" / "processed" / "demo" / "cache", ignore_errors=True)
+    res = run_all(tmp, "--only", "02", "03", "04")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    again = (tmp / "reports" / "latest").resolve()
+    trained = [d.name for d in sorted((first / "results").iterdir()) if (d / "oof.csv").exists()]
+    assert "s2_cnn" in trained
+    cols = ["p_normal", "p_benign", "p_malignant"]
+    for model in trained:
+        a = pd.read_csv(first / "results" / model / "oof.csv").sort_values("image_id").reset_index(drop=True)
+        b = pd.read_csv(again / "results" / model / "oof.csv").sort_values("image_id").reset_index(drop=True)
+        assert a["image_id"].tolist() == b["image_id"].tolist()
+        diff = float((a[cols] - b[cols]).abs().to_numpy().max())
+        assert diff == 0.0, f"{model}: max |dp| = {diff:.3g} between two runs of the same commit, data and seed"

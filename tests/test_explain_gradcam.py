@@ -255,6 +255,25 @@ def test_nested_backbone(nested_model):
     assert gradcam(nested_model, imgs[:1], 0, "block_13_expand_relu").shape == (1, 4, 4)
 
 
+def test_compiled_gradcam_matches_gradcam(nested_model):
+    from busi_study.explain import GradCAM
+
+    rng = np.random.default_rng(5)
+    imgs = rng.uniform(0, 255, (3, 64, 64, 3)).astype(np.float32)
+    for method in ("gradcam", "gradcam++"):
+        cam = GradCAM(nested_model, "block_13_expand_relu", method=method)
+        for classes in (np.array([0, 1, 2]), None, 1):  # repeated calls reuse the compiled pass
+            np.testing.assert_allclose(cam(imgs, classes, batch_size=2),
+                                       gradcam(nested_model, imgs, classes, "block_13_expand_relu", method=method), atol=1e-5)
+        np.testing.assert_allclose(cam(imgs[0], 2), gradcam(nested_model, imgs[:1], 2, "block_13_expand_relu", method=method), atol=1e-5)
+    # a model that is not a chain is refused on the first call, as gradcam() refuses it
+    shared = layers.Conv2D(3, 3, padding="same", name="shared")
+    inp = keras.Input((SIZE, SIZE, 3), name="image")
+    out = layers.Dense(3, name="logits")(layers.GlobalAveragePooling2D()(shared(shared(inp))))
+    with pytest.raises(ValueError, match="does not reproduce"):
+        GradCAM(keras.Model(inp, out), "shared")(blob_images(1, distractor=False), 0)
+
+
 def test_study_builders():
     from busi_study.models.builders import assemble, backbone_with_preprocessing, gap_head, s2_cnn
 

@@ -243,7 +243,10 @@ def test_tune_s0_scores_candidates_on_validation_only(demo_store, tmp_path):
     tune = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tune)
     out = tmp_path / "tune.csv"
-    args = ["--profile", "smoke", "--data-dir", str(demo_store.folder.parent.parent), "--dataset", "demo", "--out", str(out),
+    report = tmp_path / "report"  # a run's folder: its data_summary.json names the processed data it used
+    report.mkdir()
+    (report / "data_summary.json").write_bytes(demo_store.summary.read_bytes())
+    args = ["--profile", "smoke", "--report", str(report), "--out", str(out),
             "--grid", "s0_unfreeze_blocks=1,2", "s0_head_epochs=1", "s0_finetune_epochs=1"]
     assert tune.main(args) == 0
     t = pd.read_csv(out)

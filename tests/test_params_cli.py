@@ -84,18 +84,23 @@ def test_previous_complete_run_is_the_newest_real_run_not_the_latest_link(tmp_pa
 
     from busi_study.report.runner import previous_complete_run
 
-    def run(name, started, ok=True, demo=True, profile="smoke"):
+    def run(name, started, ok=True, demo=True, profile="smoke", marker=True):
         d = tmp_path / name
         d.mkdir()
         meta = {"ok": ok, "demo": demo, "profile": profile, "started_utc": started,
                 "params": {"data_source": "demo"}}
         (d / "run.json").write_text(json.dumps(meta))
+        if ok and marker:  # the runner's completion marker
+            (d / "COMPLETE.json").write_text(json.dumps({"run_id": name}))
         return d
 
     run("a", "2026-01-01T00:00:00+00:00")
     b = run("b", "2026-01-02T00:00:00+00:00")
     run("c", "2026-01-03T00:00:00+00:00", ok=False)  # failed: not complete
     run("d", "2026-01-04T00:00:00+00:00", profile="default")  # another profile
+    run("e", "2026-01-05T00:00:00+00:00", marker=False)  # a run.json saying ok (e.g. copied into an interrupted run)
+    f = run("f", "2026-01-06T00:00:00+00:00", marker=False)
+    (f / "COMPLETE.json").write_text(json.dumps({"run_id": "b"}))  # a marker carried over from another run
     run("reference", "2026-01-05T00:00:00+00:00")  # reports/reference: committed numbers, not a run to extend
     (tmp_path / "latest").symlink_to("b", target_is_directory=True)
     for _ in range(3):  # directory order must not matter

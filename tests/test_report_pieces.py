@@ -12,6 +12,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from busi_study import provenance  # noqa: E402
+from busi_study.errors import StudyError  # noqa: E402
 from busi_study.evaluation.calibration import reliability_table  # noqa: E402
 from busi_study.info import DEMO_BANNER  # noqa: E402
 from busi_study.report import plots  # noqa: E402
@@ -111,9 +112,18 @@ def test_notebook_views_save_and_title(tmp_path, monkeypatch):
     shown = []
     monkeypatch.setattr(notebook_views, "_display", lambda *objs: shown.extend(objs))
     monkeypatch.setattr(plt, "show", lambda: None)
-    data = tmp_path / "data" / "processed" / "demo"
+    import hashlib
+
+    data = tmp_path / "data" / "processed" / "demo" / "abc-123"  # keyed folder (issue 12)
     data.mkdir(parents=True)
-    (data / "data_summary.json").write_text(json.dumps({"n_images": 3, "manifest_sha256": "f" * 64}))
+    (data / "manifest.csv").write_text("image_id\na\n")
+    (data / "splits.csv").write_text("image_id,fold\na,0\n")
+    sha = {n: hashlib.sha256((data / f"{n}.csv").read_bytes()).hexdigest() for n in ("manifest", "splits")}
+    summary = {"n_images": 1, "dataset": "demo", "processed_folder": str(data), "manifest_sha256": sha["manifest"],
+               "splits_sha256": sha["splits"]}
+    (data / "data_summary.json").write_text(json.dumps(summary))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "data_summary.json").write_text(json.dumps(summary))  # written by 00 of this run
     nb = StudyNotebook.open(tmp_path / "run", tmp_path / "data", demo=True, figure_dpi=50)
     assert nb.store.folder == data and nb.results.root == tmp_path / "run" / "results"
     assert nb.title("x").endswith(f"[{DEMO_BANNER}]") and shown  # the banner was shown
@@ -124,5 +134,17 @@ def test_notebook_views_save_and_title(tmp_path, monkeypatch):
     assert (tmp_path / "run" / "figures" / "f.png").exists() and (tmp_path / "run" / "figures" / "f.pdf").exists()
     assert (tmp_path / "run" / "tables" / "t.csv").read_text().splitlines()[1] == "0.123"
     assert isinstance(shown[-1], pd.DataFrame) and shown[-1]["v"].iloc[0] == 0.123
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(StudyError, match="run notebooks/00_download first"):
         StudyNotebook.open(tmp_path / "run2", tmp_path / "nodata", demo=False)
+
+
+def test_model_section_states_the_protocol_the_results_ran(tmp_path):
+    """--set n_splits=10 on a partial run must not relabel results that came from 5 folds."""
+    (tmp_path / "tables").mkdir()
+    row = {"model": "m", "backbone": "b", "weights": "w", "n": 10, "status": "trained", "flags": "",
+           "protocol": "grouped 5-fold CV (StratifiedGroupKFold), seed 42, pooled out-of-fold", "fold_seconds": "1 2"}
+    pd.DataFrame([row]).to_csv(tmp_path / "tables" / "comparison_models.csv", index=False)
+    m = meta()
+    m["params"] = {"n_splits": 10, "bootstrap_resamples": 200}
+    page = write_index(tmp_path, m).read_text()
+    assert "grouped 5-fold CV" in page and "10-fold" not in page

@@ -54,3 +54,11 @@ def test_unknown_table_and_missing_model(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results for model 'zz'"):
         store.load("zz")
     assert json.dumps(store.skipped()) == "{}"
+
+
+def test_binary_models_live_apart_from_the_three_class_results(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.binary.write_trained("s4", {"oof": oof(), "binary": pd.DataFrame({"metric": ["auc"], "value": [0.8]})}, {"model": "s4"})
+    assert store.trained_names() == [] and store.binary.trained_names() == ["s4"]
+    assert (tmp_path / "results_binary" / "s4" / "metrics_binary.csv").exists()
+    assert store.binary.load("s4").table("binary")["value"].iloc[0] == 0.8

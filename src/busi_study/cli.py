@@ -3,10 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
-from .errors import StudyError
+from .errors import StudyError, from_os_error
+
+# OSError numbers that are the user's situation, never a bug: printed as one line (exit 2)
+_FORESEEABLE_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def one_line_errors(fn, *args, **kwargs) -> int:
+    """Call ``fn``; a :class:`StudyError` (or a no-space / read-only / permission ``OSError``)
+    ends with ``error: <what is wrong — what to do>`` on one line and exit code 2.
+
+    Every other exception is a programming error and keeps its traceback.
+    """
+    try:
+        return fn(*args, **kwargs)
+    except StudyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        converted = from_os_error(exc) if exc.errno in _FORESEEABLE_WRITE_ERRNOS else None
+        if converted is None:
+            raise
+        print(f"error: {converted}", file=sys.stderr)
+        return 2
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -15,12 +38,15 @@ examples:
   run_all.py --data ~/Downloads/Dataset_BUSI_with_GT     # a local copy (folder or .zip)
   run_all.py --demo --profile smoke                       # synthetic phantoms, a few minutes
   run_all.py --only 01                                    # rerun one notebook, reuse the rest
-  run_all.py --from 01 --set phash_threshold=8            # rerun from 01 with one parameter changed
+  run_all.py --from 00 --set phash_threshold=8            # rerun from 00 with one parameter changed
+  run_all.py --clean-failed                               # remove failed / interrupted runs
   run_all.py --only 08 --external ~/BrEaST-Lesions_USG    # external validation of the last run's models
 
 Parameters come from params/<profile>.yaml; --seed and --set override them. Each run writes
 reports/<run-id>/ (executed notebooks, HTML, figures/, tables/, index.html); reports/latest
-points to the newest complete run and is left alone when a run fails.
+points to the newest complete run and is left alone when a run fails. A run is complete only
+when the runner wrote reports/<run-id>/COMPLETE.json; --only/--from build on the newest complete
+run with the same data and profile (hard links, not copies).
 """
 
 
@@ -47,17 +73,29 @@ def build_run_all_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-reference", action="store_true",
                    help="after the run, say whether each model's pooled metrics fall inside the CIs in reports/reference/")
     p.add_argument("--list", action="store_true", help="list the notebooks and the resolved parameters, then exit")
+    p.add_argument("--clean-failed", action="store_true",
+                   help="remove failed and interrupted runs from the reports folder (never reports/latest's run "
+                        "or reports/reference), then exit")
     p.add_argument("--no-progress", action="store_true", help="no per-cell progress bars")
     return p
 
 
 def run_all_main(argv: list[str] | None = None) -> int:
     """Entry point of ``run_all.py``; returns the process exit code."""
+    return one_line_errors(_run_all, argv)
+
+
+def _run_all(argv: list[str] | None) -> int:
     from .params import apply_overrides, load_profile, parse_override
     from .report.runner import RunConfig, discover_notebooks, run_study, select_notebooks
 
     args = build_run_all_parser().parse_args(argv)
     try:
+        if args.clean_failed:
+            from .report.runner import clean_failed
+
+            clean_failed((args.reports_dir or REPO / "reports").resolve())
+            return 0
         params = load_profile(args.profile, REPO / "params")
         overrides = dict(parse_override(s) for s in args.set)
         if args.seed is not None:
@@ -69,12 +107,14 @@ def run_all_main(argv: list[str] | None = None) -> int:
         elif args.data:
             path = Path(args.data).expanduser()
             if not path.exists():
-                raise StudyError(f"--data {args.data}: no such file or folder")
+                raise StudyError(f"--data {args.data}: no such file or folder — give the path of Dataset_BUSI_with_GT "
+                                 "(a folder or a .zip), or use --demo")
             overrides["data_source"] = str(path.resolve())
         if args.external:
             ext = Path(args.external).expanduser()
             if not ext.exists():
-                raise StudyError(f"--external {args.external}: no such folder")
+                raise StudyError(f"--external {args.external}: no such folder — give the BrEaST-Lesions_USG folder "
+                                 "(caseNNN.png files and the clinical table)")
             overrides["external_data"] = str(ext.resolve())
         params = apply_overrides(params, overrides)
         if args.list:
@@ -92,9 +132,6 @@ def run_all_main(argv: list[str] | None = None) -> int:
         if code == 0 and args.check_reference:
             code = check_reference_main(cfg.reports_dir or REPO / "reports")
         return code
-    except StudyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted; the previous complete report (reports/latest) is untouched", file=sys.stderr)
         return 130
@@ -106,7 +143,7 @@ def check_reference_main(reports_dir: Path) -> int:
 
     ref = REPO / "reports" / "reference"
     if not (ref / "comparison_models.csv").exists():
-        raise StudyError(f"no reference results in {ref}")
+        raise StudyError(f"no reference results in {ref} — use a checkout that includes reports/reference/")
     latest = (Path(reports_dir) / "latest").resolve()
     table = check_against_reference(latest, ref)
     table.to_csv(latest / "tables" / "reference_check.csv", index=False)
@@ -119,6 +156,14 @@ def check_reference_main(reports_dir: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m busi_study {check-data,demo,predict,evaluate,export-reference} …``."""
+    try:
+        return one_line_errors(_tools, argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _tools(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(prog="python -m busi_study", description="Tools of the BUSI study.")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("check-data", help="scan, validate and reference-check a copy of BUSI; write data/processed")
@@ -128,10 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("demo", help="write the synthetic demo dataset (BUSI layout) to a folder")
     d.add_argument("out", type=Path)
     d.add_argument("--seed", type=int, default=0)
-    q = sub.add_parser("predict", help="class probabilities for image files or folders with an exported .keras model")
+    q = sub.add_parser("predict", help="class probabilities for image files or folders with an exported .keras or .tflite model")
     q.add_argument("images", nargs="+", help="image files and/or folders (searched recursively, masks skipped)")
     q.add_argument("--model", required=True, type=Path, nargs="+",
-                   help="an exported model, e.g. reports/latest/models/NAME.keras; several files (e.g. "
+                   help="an exported model, e.g. reports/latest/models/NAME.keras or NAME.full_int8.tflite; several files (e.g. "
                         "reports/latest/results/NAME/fold*.keras) give a fold ensemble, the mean of their probabilities")
     q.add_argument("--out", type=Path, help="CSV to write (default: print to stdout)")
     v = sub.add_parser("evaluate", help="metrics with CIs of an exported model on a labelled folder of images (external validation)")
@@ -153,61 +198,64 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("export-reference", help="copy a complete run's numbers to reports/reference/ and update the README")
     e.add_argument("run", nargs="?", type=Path, default=REPO / "reports" / "latest")
     args = p.parse_args(argv)
-    try:
-        if args.cmd == "export-reference":
-            from .report.reference_results import export_reference
+    if args.cmd == "export-reference":
+        from .report.reference_results import export_reference
 
-            files = export_reference(args.run, REPO / "reports" / "reference", REPO / "README.md")
-            print(f"{len(files)} files written to {REPO / 'reports' / 'reference'}; README results section updated")
-            return 0
-        if args.cmd == "evaluate":
-            import os
+        files = export_reference(args.run, REPO / "reports" / "reference", REPO / "README.md")
+        print(f"{len(files)} files written to {REPO / 'reports' / 'reference'}; README results section updated")
+        return 0
+    if args.cmd == "evaluate":
+        import os
 
-            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-            from .external import main as evaluate_main
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from .external import main as evaluate_main
 
-            return evaluate_main(args)
-        if args.cmd == "predict":
-            import os
+        return evaluate_main(args)
+    if args.cmd == "predict":
+        import os
 
-            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-            from .predict import list_images, load_model, predict_ensemble
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from .predict import check_out_path, list_images, load_model, predict_ensemble, write_table
 
-            loaded = [load_model(m) for m in args.model]
-            card = loaded[0][1]
-            files = list_images(args.images)
-            if not files:
-                raise StudyError("no image files found in the given paths")
-            table = predict_ensemble([m for m, _ in loaded], files)
-            if args.out:
-                table.to_csv(args.out, index=False)
-                print(f"{len(table)} rows ({int((table['error'] != '').sum())} errors) written to {args.out}", file=sys.stderr)
-            else:
-                table.to_csv(sys.stdout, index=False)
-            if card:
-                print(f"model: {card.get('title', args.model[0])}; weights: {card.get('weights')}; NOT FOR CLINICAL USE",
-                      file=sys.stderr)
-            if len(loaded) > 1:
-                print(f"fold ensemble: mean of {len(loaded)} models", file=sys.stderr)
-            return 0
-        if args.cmd == "check-data":
-            from .data.prepare import prepare_data, summary_lines
-            from .params import StudyParams
+        if args.out:
+            check_out_path(args.out)
+        files = list_images(args.images)
+        if not files:
+            raise StudyError("no image files found in the given paths — give image files (.png, .jpg, .bmp, .tif) "
+                             "or folders holding them")
+        loaded = [load_model(m) for m in args.model]
+        card = loaded[0][1]
+        table = predict_ensemble([m for m, _ in loaded], files)
+        if args.out:
+            write_table(table, args.out)
+            print(f"{len(table)} rows ({int((table['error'] != '').sum())} errors) written to {args.out}", file=sys.stderr)
+        else:
+            table.to_csv(sys.stdout, index=False)
+        if card:
+            print(f"model: {card.get('title', args.model[0])}; weights: {card.get('weights')}; NOT FOR CLINICAL USE",
+                  file=sys.stderr)
+        if len(loaded) > 1:
+            print(f"fold ensemble: mean of {len(loaded)} models", file=sys.stderr)
+        return 0
+    if args.cmd == "check-data":
+        from .data.prepare import prepare_data, summary_lines
+        from .params import StudyParams
 
-            params = StudyParams.from_profile(args.profile, REPO / "params", {"data_source": args.source})
-            result = prepare_data(params.data, params.splits, params.seed, args.data_dir)
-            for line in summary_lines(result.summary):
-                print(line)
-            for w in result.warnings:
-                print(f"WARNING: {w}")
-            print(f"written to {result.store.folder}")
-            return 0
-        if args.cmd == "demo":
-            from .data.demo import make_demo_dataset
+        params = StudyParams.from_profile(args.profile, REPO / "params", {"data_source": args.source})
+        result = prepare_data(params.data, params.splits, params.seed, args.data_dir)
+        for line in summary_lines(result.summary):
+            print(line)
+        for _, r in result.issues.head(30).iterrows():
+            print(f"  {r['path']}: {r['problem']} ({r['action']})")
+        if len(result.issues) > 30:
+            print(f"  … {len(result.issues) - 30} more in {result.store.issues}")
+        for w in result.warnings:
+            print(f"WARNING: {w}")
+        print(f"written to {result.store.folder}")
+        return 0
+    if args.cmd == "demo":
+        from .data.demo import make_demo_dataset
 
-            print(make_demo_dataset(args.out, seed=args.seed))
-            return 0
-    except StudyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        print(make_demo_dataset(args.out, seed=args.seed))
+        return 0
     return 1

@@ -1,4 +1,16 @@
-"""Errors a user can act on: each carries a one-line message that says what to do."""
+"""Errors a user can act on: each carries a one-line message that says what to do.
+
+The command lines (``run_all.py``, ``python -m busi_study …``) catch :class:`StudyError` and
+print ``error: <message>`` on one line with exit code 2; any other exception is a bug and keeps
+its traceback. :func:`from_os_error` turns the operating system's foreseeable write failures
+(no space, read-only file system, no permission, missing folder) into a ``StudyError`` at the
+places where the study writes files.
+"""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
 
 
 class StudyError(RuntimeError):
@@ -7,6 +19,10 @@ class StudyError(RuntimeError):
     The runner prints ``str(error)`` as one line instead of a traceback.
     """
 
+    def __str__(self) -> str:  # always one line, whatever the message was built from
+        text = super().__str__()
+        return " ".join(text.split()) if "\n" in text else text
+
 
 class DataSourceError(StudyError):
     """The data could not be found, downloaded or unpacked."""
@@ -14,3 +30,39 @@ class DataSourceError(StudyError):
 
 class ParameterError(StudyError):
     """A profile or command-line parameter is unknown or invalid."""
+
+
+class ModelFileError(StudyError):
+    """An exported model file is missing, corrupt or not one of the study's models."""
+
+
+class ProvenanceError(StudyError):
+    """A notebook or a carried-over result would read data or splits of another run."""
+
+
+class StorageError(StudyError):
+    """A file could not be written: no space, read-only file system, no permission."""
+
+
+# errno → (what is wrong, what to do)
+_OS_REASONS = {
+    errno.ENOSPC: ("no space left on the device", "free some space or write elsewhere (--reports-dir / --data-dir / --out)"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space or write elsewhere (--reports-dir / --data-dir / --out)"),
+    errno.EROFS: ("the file system is read-only", "write to a writable folder (--reports-dir / --data-dir / --out)"),
+    errno.EACCES: ("permission denied", "make the folder writable or write elsewhere (--reports-dir / --data-dir / --out)"),
+    errno.EPERM: ("operation not permitted", "make the folder writable or write elsewhere (--reports-dir / --data-dir / --out)"),
+    errno.ENOENT: ("the folder does not exist", "create it first or choose an existing folder"),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "choose another path"),
+}
+
+FORESEEABLE_ERRNOS = frozenset(_OS_REASONS)
+
+
+def from_os_error(exc: OSError, path: Path | str | None = None, action: str = "write") -> StorageError | None:
+    """A one-line :class:`StorageError` for a foreseeable ``OSError``; None for anything else."""
+    reason = _OS_REASONS.get(getattr(exc, "errno", None))
+    if reason is None:
+        return None
+    where = path if path is not None else exc.filename
+    target = f"{action} {where}" if where else f"{action} a file"
+    return StorageError(f"cannot {target}: {reason[0]} — {reason[1]}")

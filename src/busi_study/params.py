@@ -27,19 +27,19 @@ def load_profile(name_or_path: str, params_dir: Path) -> dict[str, Any]:
         path = params_dir / f"{name_or_path}.yaml"
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in params_dir.glob("*.yaml")))
-        raise ParameterError(f"unknown profile '{name_or_path}' (known: {known})")
+        raise ParameterError(f"unknown profile '{name_or_path}' — use one of: {known} (or a path to a .yaml file)")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ParameterError(f"cannot parse {path}: {str(exc).splitlines()[0]}") from None
+        raise ParameterError(f"cannot parse {path}: {str(exc).splitlines()[0]} — fix the YAML syntax") from None
     if not isinstance(data, dict):
-        raise ParameterError(f"{path} must hold a mapping of parameter: value")
+        raise ParameterError(f"{path} must hold a mapping of parameter: value — write one `key: value` per line")
     parent = data.pop("inherits", None)
     if parent:
         base = load_profile(parent, params_dir)
         unknown = sorted(set(data) - set(base))
         if unknown:
-            raise ParameterError(f"{path.name}: unknown parameter(s) {', '.join(unknown)} (not in {parent}.yaml)")
+            raise ParameterError(f"{path.name}: unknown parameter(s) {', '.join(unknown)} — every key must exist in {parent}.yaml")
         base.update(data)
         return base
     return data
@@ -48,7 +48,7 @@ def load_profile(name_or_path: str, params_dir: Path) -> dict[str, Any]:
 def parse_override(text: str) -> tuple[str, Any]:
     """``key=value`` → (key, value parsed as YAML: numbers, true/false, null, lists)."""
     if "=" not in text:
-        raise ParameterError(f"override '{text}' must look like key=value")
+        raise ParameterError(f"override '{text}' must look like key=value — e.g. --set seed=7")
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
@@ -65,13 +65,13 @@ def apply_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> dict[s
     out = dict(params)
     for key, value in overrides.items():
         if key not in params:
-            raise ParameterError(f"unknown parameter '{key}' (see params/default.yaml)")
+            raise ParameterError(f"unknown parameter '{key}' — see params/default.yaml for the known ones")
         old = params[key]
         if isinstance(old, bool) and not isinstance(value, bool):
-            raise ParameterError(f"parameter '{key}' must be true or false, got {value!r}")
+            raise ParameterError(f"parameter '{key}' must be true or false, got {value!r} — e.g. --set {key}=true")
         if isinstance(old, (int, float)) and not isinstance(old, bool):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ParameterError(f"parameter '{key}' must be a number, got {value!r}")
+                raise ParameterError(f"parameter '{key}' must be a number, got {value!r} — e.g. --set {key}={old}")
         out[key] = value
     return out
 
@@ -230,6 +230,39 @@ class ExplainParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class S4Params:
+    """S4: C4 + C5 features of a frozen backbone → SSDLite-style head, benign vs malignant (notebook 06).
+
+    ``train`` is S4's faithful recipe (batch 1, fixed epochs, last weights); ``es`` our early-stopped
+    variant; ``augmented_size`` the size of S4's augmented set; ``protocol_variant`` and
+    ``export_variant`` (faithful | early_stopped) say which recipe runs S4's protocol and which
+    final model is exported."""
+
+    PREFIX: ClassVar[str] = "s4_"
+    backbones: list[str]
+    input_size: int
+    head_channels: int
+    dropout: float
+    augmented_size: int
+    protocol_variant: str
+    export_variant: str
+    train: TrainParams = dataclasses.field(metadata=_FLAT)
+    es: TrainParams  # keys s4_es_*
+
+
+@dataclasses.dataclass(frozen=True)
+class TFLiteParams:
+    """On-device export (notebook 06): full-int8 calibration images (from training data only),
+    latency runs after a warm-up, and how many folds' out-of-fold images measure the agreement."""
+
+    PREFIX: ClassVar[str] = "tflite_"
+    representative_images: int
+    latency_runs: int
+    latency_warmup: int
+    agreement_folds: int | None
+
+
+@dataclasses.dataclass(frozen=True)
 class ExternalParams:
     """External validation (PROTOCOL §9): the BrEaST-Lesions_USG folder (None: not given) and the gallery size."""
 
@@ -246,7 +279,8 @@ SCALARS: dict[str, type] = {"seed": int, "figure_dpi": int}
 SECTIONS: dict[str, type] = {
     "data": DataParams, "splits": SplitParams, "figures": FigureParams, "models": ModelParams,
     "augment": AugmentParams, "bootstrap": BootstrapParams, "source": SourceProtocolParams, "s2": S2Params,
-    "s3": S3Params, "benchmark": BenchmarkParams, "s0": S0Params, "explain": ExplainParams, "external": ExternalParams,
+    "s3": S3Params, "benchmark": BenchmarkParams, "s0": S0Params, "explain": ExplainParams, "s4": S4Params,
+    "tflite": TFLiteParams, "external": ExternalParams,
 }
 
 
@@ -348,6 +382,8 @@ class StudyParams:
     benchmark: BenchmarkParams | None = None
     s0: S0Params | None = None
     explain: ExplainParams | None = None
+    s4: S4Params | None = None
+    tflite: TFLiteParams | None = None
     external: ExternalParams | None = None
 
     @classmethod

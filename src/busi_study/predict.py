@@ -7,11 +7,16 @@ One row per image (path, p_normal, p_benign, p_malignant, predicted, error). An 
 file gets a row with its error instead of stopping the run. Works offline: the ``.keras``
 file carries its own preprocessing. Several ``--model`` files (e.g. the five fold models of a
 run) give a fold ensemble: the mean of their probabilities.
+
+A ``.tflite`` file (notebook 06's on-device export, any precision) works the same way, run by
+LiteRT. A binary model (benign vs malignant, S4) gives p_benign and p_malignant; its p_normal
+is left empty (NaN): it was never asked whether an image is normal.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,7 +26,7 @@ import pandas as pd
 
 from .data.images import read_rgb
 from .data.manifest import IMAGE_SUFFIXES, MASK_RE
-from .errors import StudyError
+from .errors import ModelFileError, StudyError, from_os_error
 from .info import CLASSES, PROBA_COLUMNS
 
 
@@ -38,31 +43,99 @@ def list_images(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def load_model(path: Path):
-    """Load an exported classifier (and its model card, if beside it)."""
-    import keras
-
-    from .models import builders  # noqa: F401  (registers the custom preprocessing layer)
-
+    """Load an exported classifier, ``.keras`` or ``.tflite`` (and its model card, if beside it)."""
     path = Path(path)
+    hint = "use a .keras or .tflite file exported by the study, e.g. reports/latest/models/NAME.keras"
     if not path.exists():
-        raise StudyError(f"model file not found: {path}")
-    model = keras.models.load_model(path, compile=False)
+        raise ModelFileError(f"model file not found: {path} — {hint}")
+    if path.is_file() and path.suffix.lower() == ".tflite":
+        from .models.tflite import TFLiteModel
+
+        try:
+            model = TFLiteModel(path)
+        except Exception as exc:  # not a flatbuffer, truncated, unsupported ops
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise ModelFileError(f"cannot load the TFLite model {path} ({type(exc).__name__}: {reason}) — {hint}") from None
+        if model.n_outputs not in (1, len(CLASSES)):
+            raise ModelFileError(f"{path} is not a classifier of this study (output {model.n_outputs}) — {hint}")
+    else:
+        if path.is_dir() or path.suffix.lower() != ".keras":
+            raise ModelFileError(f"not a .keras model file (nor .tflite): {path} — {hint}")
+        import keras
+
+        from .models import builders  # noqa: F401  (registers the custom preprocessing layer)
+
+        try:
+            model = keras.models.load_model(path, compile=False)
+        except Exception as exc:  # a corrupt or foreign file fails in many ways inside Keras
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise ModelFileError(f"cannot load the model {path} ({type(exc).__name__}: {reason}) — the file is corrupt "
+                                 f"or not a Keras 3 model; {hint}") from None
+        shape_in, shape_out = tuple(model.inputs[0].shape), tuple(model.outputs[0].shape)
+        # three classes, or one sigmoid unit (the binary S4-style model: p_malignant)
+        if len(shape_in) != 4 or shape_in[1] is None or shape_in[-1] != 3 or shape_out[-1] not in (1, len(CLASSES)):
+            raise ModelFileError(f"{path} is not a {len(CLASSES)}-class image classifier of this study (nor a binary one "
+                                 f"with one sigmoid output; input {shape_in}, output {shape_out}) — {hint}")
     card_path = path.with_suffix(".json")
-    card = json.loads(card_path.read_text()) if card_path.exists() else {}
+    try:
+        card = json.loads(card_path.read_text()) if card_path.exists() else {}
+    except (OSError, ValueError):
+        card = {}  # the card is documentation; a broken one does not stop a prediction
     return model, card
+
+
+def three_class(proba: np.ndarray) -> np.ndarray:
+    """(n, 3) probabilities; a binary model's (n, 1) p_malignant becomes (NaN, 1 - p, p)."""
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.ndim == 2 and proba.shape[1] == 1:
+        p = proba[:, 0]
+        return np.stack([np.full_like(p, np.nan), 1.0 - p, p], axis=1)
+    return proba
+
+
+def _predicted(p: np.ndarray) -> str:
+    return CLASSES[int(np.nanargmax(p))]
+
+
+def check_out_path(out: Path) -> None:
+    """Fail early, before any model is loaded, when the output CSV cannot be written."""
+    out = Path(out)
+    if out.is_dir():
+        raise StudyError(f"--out {out} is a folder — give a file name such as {out / 'predictions.csv'}")
+    if not out.parent.is_dir():
+        raise StudyError(f"--out {out}: the folder {out.parent} does not exist — create it first or choose another path")
+    if not os.access(out.parent, os.W_OK):
+        raise StudyError(f"--out {out}: the folder {out.parent} is not writable (read-only or no permission) — choose "
+                         "another path")
+
+
+def write_table(table: pd.DataFrame, out: Path) -> None:
+    """Write the prediction CSV atomically; no space / read-only / no permission → one-line error."""
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        table.to_csv(tmp, index=False)
+        tmp.replace(out)
+    except OSError as exc:
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
+        converted = from_os_error(exc, out)
+        if converted is None:
+            raise
+        raise converted from None
 
 
 def predict_files(model, files: list[Path], batch_size: int = 16) -> pd.DataFrame:
     """Probabilities for each file; unreadable files get an ``error`` and no probabilities."""
-    size = int(model.inputs[0].shape[1])
+    size = int(getattr(model, "input_size", 0) or model.inputs[0].shape[1])
     rows, batch, batch_rows = [], [], []
 
     def flush():
         if not batch:
             return
-        proba = np.asarray(model.predict(np.stack(batch).astype(np.float32), verbose=0))
+        proba = three_class(model.predict(np.stack(batch).astype(np.float32), verbose=0))
         for r, p in zip(batch_rows, proba):
-            r.update({col: float(v) for col, v in zip(PROBA_COLUMNS, p)}, predicted=CLASSES[int(np.argmax(p))])
+            r.update({col: float(v) for col, v in zip(PROBA_COLUMNS, p)}, predicted=_predicted(p))
         batch.clear()
         batch_rows.clear()
 
@@ -94,6 +167,6 @@ def predict_ensemble(models: list, files: list[Path], batch_size: int = 16) -> p
     proba = np.mean([t[cols].to_numpy(dtype=np.float64) for t in tables], axis=0)
     out[cols] = proba
     ok = out["error"] == ""
-    out.loc[ok, "predicted"] = [CLASSES[int(i)] for i in np.argmax(proba[ok.to_numpy()], axis=1)]
+    out.loc[ok, "predicted"] = [_predicted(p) for p in proba[ok.to_numpy()]]
     out["n_models"] = len(models)
     return out

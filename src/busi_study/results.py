@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .data.store import write_json
+from .data.store import atomic_path, write_json
 
 RECORD = "metrics.json"
 SKIPPED = "SKIPPED.json"
@@ -31,6 +31,7 @@ TABLES = {
     "history": "history.csv",               # learning curves per fold and phase
     "pooled": "metrics_pooled.csv",         # pooled metrics with CIs
     "per_fold": "metrics_per_fold.csv",     # metrics per fold
+    "binary": "metrics_binary.csv",         # benign-vs-malignant metrics with CIs (binary models)
 }
 
 
@@ -67,10 +68,16 @@ class ModelResults:
 class ResultsStore:
     """The results of one run folder (``report_dir``)."""
 
-    def __init__(self, report_dir: Path | str) -> None:
+    def __init__(self, report_dir: Path | str, folder: str = "results") -> None:
         self.report_dir = Path(report_dir)
-        self.root = self.report_dir / "results"
+        self.root = self.report_dir / folder
         self.models_dir = self.report_dir / "models"
+
+    @property
+    def binary(self) -> ResultsStore:
+        """Benign-vs-malignant models (S4's task): ``results_binary/<model>/``, the same layout, kept
+        apart so that the three-class readers (comparison, error analysis, external) never mix them in."""
+        return ResultsStore(self.report_dir, "results_binary")
 
     # ---------- writing ----------
     def model_dir(self, name: str) -> Path:
@@ -102,7 +109,8 @@ class ResultsStore:
         (d / SKIPPED).unlink(missing_ok=True)
         for key, table in tables.items():
             if table is not None:
-                table.to_csv(d / TABLES[key], index=False)
+                with atomic_path(d / TABLES[key]) as tmp:  # never in place (an --only run may hard-link it)
+                    table.to_csv(tmp, index=False)
         write_json(record, d / RECORD)  # written last: its presence means the folder is complete
         return d
 

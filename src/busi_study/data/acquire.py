@@ -9,10 +9,11 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DataSourceError
+from ..errors import DataSourceError, from_os_error
 from ..info import BUSI, CLASSES
 
 OFFLINE_HINT = (
@@ -49,7 +50,7 @@ def find_dataset_root(path: Path, max_depth: int = 3) -> Path:
     """
     path = Path(path)
     if not path.exists():
-        raise DataSourceError(f"data folder not found: {path}; {OFFLINE_HINT}")
+        raise DataSourceError(f"data folder not found: {path} — {OFFLINE_HINT}")
     level = [path]
     for _ in range(max_depth + 1):
         hits = [p for p in level if looks_like_dataset_root(p)]
@@ -58,8 +59,8 @@ def find_dataset_root(path: Path, max_depth: int = 3) -> Path:
             return sorted(preferred or hits)[0]
         level = sorted(c for p in level for c in p.iterdir() if c.is_dir() and not c.name.startswith("."))
     raise DataSourceError(
-        f"no normal/ benign/ malignant/ folders found under {path}; expected the layout of "
-        f"{BUSI['folder_name']}/"
+        f"no normal/ benign/ malignant/ folders found under {path} — point --data at a copy with the layout of "
+        f"{BUSI['folder_name']}/ (normal/, benign/, malignant/)"
     )
 
 
@@ -104,7 +105,7 @@ def unpack_zip(zip_path: Path, raw_dir: Path) -> Path:
                 for member in zf.infolist():
                     target = (tmp / member.filename).resolve()
                     if not str(target).startswith(str(tmp.resolve())):
-                        raise DataSourceError(f"unsafe path in zip: {member.filename}")
+                        raise DataSourceError(f"unsafe path in zip: {member.filename} — unpack the zip yourself and pass the folder with --data")
                 zf.extractall(tmp)
             (tmp / ".complete").write_text(str(zip_path) + "\n")
             if dest.exists():
@@ -112,9 +113,26 @@ def unpack_zip(zip_path: Path, raw_dir: Path) -> Path:
 
                 shutil.rmtree(dest)
             os.replace(tmp, dest)
-    except zipfile.BadZipFile as exc:
-        raise DataSourceError(f"not a readable zip file: {zip_path} ({exc})") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+        _remove_partial(raw_dir)
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise DataSourceError(f"not a readable zip file: {zip_path} is damaged ({reason}) — download it again, or unpack it "
+                              f"yourself and pass the folder with --data") from None
+    except OSError as exc:
+        _remove_partial(raw_dir)
+        converted = from_os_error(exc, raw_dir, "unpack the zip into")
+        if converted is None:
+            raise
+        raise converted from None
     return find_dataset_root(dest)
+
+
+def _remove_partial(raw_dir: Path) -> None:
+    """Remove half-unpacked zips (``.busi_zip-*.partial``) so that nothing broken stays behind."""
+    import shutil
+
+    for tmp in Path(raw_dir).glob(".busi_zip-*.partial"):
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def download_from_kaggle(handle: str = BUSI["kaggle_handle"]) -> Path:
@@ -126,7 +144,7 @@ def download_from_kaggle(handle: str = BUSI["kaggle_handle"]) -> Path:
     except Exception as exc:  # network, credentials, missing package: all say the same thing
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise DataSourceError(
-            f"could not download BUSI from Kaggle ({type(exc).__name__}: {reason}); {OFFLINE_HINT}"
+            f"could not download BUSI from Kaggle ({type(exc).__name__}: {reason}) — {OFFLINE_HINT}"
         ) from None
 
 
@@ -154,10 +172,10 @@ def acquire(source: str, data_dir: Path, *, demo_seed: int = 0) -> AcquiredData:
         return AcquiredData(root, "busi", source, f"downloaded with kagglehub to {downloaded}; linked from {link}")
     path = Path(source).expanduser()
     if not path.exists():
-        raise DataSourceError(f"data path not found: {path}; {OFFLINE_HINT}")
+        raise DataSourceError(f"data path not found: {path} — {OFFLINE_HINT}")
     if path.is_file():
         if path.suffix.lower() != ".zip":
-            raise DataSourceError(f"--data must be a folder or a .zip, got the file {path}")
+            raise DataSourceError(f"--data must be a folder or a .zip, got the file {path} — pass the dataset folder or a .zip of it")
         root = unpack_zip(path, raw_dir)
         _link(link, root)
         return AcquiredData(root, "busi", str(path), f"unpacked {path.name} to {root}; linked from {link}")

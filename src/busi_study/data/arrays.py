@@ -1,6 +1,6 @@
 """The 780 images as one in-memory array per input size, decoded once and cached on disk.
 
-``data/processed/<dataset>/arrays/images_<size>_<preprocessing>_<manifest-hash>.npy`` holds
+``data/processed/<dataset>/cache/arrays/images_<size>_<preprocessing>_<manifest-hash>.npy`` holds
 uint8 RGB images of shape (n, size, size, 3) in manifest order. Resizing is a plain resize to
 a square (as the source studies do); ``preprocessing="clahe"`` applies contrast-limited
 histogram equalisation to the grey values first (S1's enhancement step, as an option).
@@ -35,7 +35,7 @@ def load_image_array(store: ProcessedData, size: int, preprocessing: str = "none
         raise ValueError(f"preprocessing must be one of {PREPROCESSING}")
     manifest = store.read("manifest")
     key = sha256_of(store.manifest)[:12]
-    path = store.folder / "arrays" / f"images_{size}_{preprocessing}_{key}.npy"
+    path = store.cache_dir / "arrays" / f"images_{size}_{preprocessing}_{key}.npy"
     if path.exists():
         arr = np.load(path)
         if arr.shape[0] == len(manifest):

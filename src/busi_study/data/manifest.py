@@ -3,6 +3,13 @@
 Every file below the root is looked at once. Bad files (empty, truncated, not an image),
 unreadable masks, masks of the wrong size, orphan masks, images without masks and unexpected
 folders or files are listed with a reason and skipped; the scan goes on.
+
+Same-stem rule: files in one class folder whose names differ only by the extension
+(``x.png`` beside ``x.tif``, or ``x_mask.png`` beside ``x_mask.bmp``) cannot be told apart by
+the image/mask naming, so *all* of them are left out and each is listed in the issues table
+("same name as …"); nothing is picked silently. High-bit-depth images (16-bit, float) are kept,
+scaled to 8 bit by their real range (``images.to_uint8``), and listed too so that the scaling
+is visible in the data check.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..info import BUSI, CLASS_INDEX, CLASSES
-from .images import file_sha256, pixel_sha256
+from .images import file_sha256, is_high_depth, pixel_sha256, scale_to_uint8, to_uint8
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 MASK_RE = re.compile(r"^(?P<stem>.+?)_mask(?:_(?P<k>\d+))?$")
@@ -59,7 +66,7 @@ def _inspect(path: Path) -> dict:
     from PIL import Image
 
     info = {"bytes": path.stat().st_size, "sha256": "", "pixel_sha256": "", "width": 0,
-            "height": 0, "mode": "", "readable": False, "problem": "", "greyscale": False}
+            "height": 0, "mode": "", "readable": False, "problem": "", "greyscale": False, "note": ""}
     if info["bytes"] == 0:
         info["problem"] = "empty file (0 bytes)"
         return info
@@ -68,7 +75,10 @@ def _inspect(path: Path) -> dict:
         with Image.open(path) as im:
             info["mode"] = im.mode
             im.load()
-            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            rgb = to_uint8(im, "RGB")
+            if is_high_depth(im.mode):
+                _, (lo, hi) = scale_to_uint8(np.asarray(im))
+                info["note"] = f"{im.mode} image scaled from its range {lo:g}–{hi:g} to 8 bit (not clipped)"
     except Exception as exc:  # PIL raises several types for bad files
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         kind = "truncated image" if "truncated" in text.lower() else "not a readable image"
@@ -123,6 +133,25 @@ def scan_dataset(root: Path, progress: bool = True) -> ScanResult:
             else:
                 todo.append((d.name, f, rel))
 
+    # same-stem rule (module docstring): every file of a colliding stem is left out and listed
+    by_stem: dict[tuple[str, str], list[str]] = {}
+    for label, f, rel in todo:
+        by_stem.setdefault((label, f.stem), []).append(rel)
+    clashes = {k: v for k, v in by_stem.items() if len(v) > 1}
+    left_out_stems = set()
+    for (label, stem), rels in clashes.items():
+        m = MASK_RE.match(stem)
+        kind = "mask" if m else "image"
+        if not m:
+            left_out_stems.add((label, stem))
+        for rel in rels:
+            others = ", ".join(Path(o).name for o in rels if o != rel)
+            issues.append({"path": rel, "kind": kind,
+                           "problem": f"same name as {others} (only the extension differs)",
+                           "action": ("image" if kind == "image" else "mask") + " left out with the others of that "
+                                     "name; keep one file per name"})
+    todo = [t for t in todo if (t[0], t[1].stem) not in clashes]
+
     for label, f, rel in tqdm(todo, desc="scanning files", disable=not progress, mininterval=2):
         info = _inspect(f)
         m = MASK_RE.match(f.stem)
@@ -134,6 +163,8 @@ def scan_dataset(root: Path, progress: bool = True) -> ScanResult:
             issues.append({"path": rel, "kind": kind, "problem": info["problem"],
                            "action": "image skipped" if kind == "image" else "mask ignored"})
             continue
+        if info["note"]:
+            issues.append({"path": rel, "kind": kind, "problem": info["note"], "action": "kept, scaled to 8 bit"})
         if m:
             masks.append((label, m.group("stem"), rel, info))
         else:
@@ -141,7 +172,10 @@ def scan_dataset(root: Path, progress: bool = True) -> ScanResult:
 
     for label, stem, rel, info in masks:
         img = images.get((label, stem))
-        if img is None:
+        if img is None and (label, stem) in left_out_stems:
+            issues.append({"path": rel, "kind": "mask", "problem": "mask of an image left out by the same-name rule",
+                           "action": "mask ignored"})
+        elif img is None:
             issues.append({"path": rel, "kind": "mask", "problem": "orphan mask (no image of that name)", "action": "mask ignored"})
         elif (info["width"], info["height"]) != (img["info"]["width"], img["info"]["height"]):
             issues.append({"path": rel, "kind": "mask",
@@ -200,6 +234,11 @@ def count_check(manifest: pd.DataFrame, n_masks: int, expected: dict | None = No
     if n_masks != expected["masks"]:
         problems.append(f"masks: {n_masks} usable masks, BUSI has {expected['masks']}")
     return problems
+
+
+def csv_sha256(df: pd.DataFrame) -> str:
+    """The SHA-256 that :func:`write_csv` would return for ``df``, without writing."""
+    return hashlib.sha256(df.to_csv(index=False, lineterminator="\n").encode()).hexdigest()
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> str:

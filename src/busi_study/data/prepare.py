@@ -1,5 +1,5 @@
 """The whole data path in one call: acquire → scan/validate → reference check → hashes →
-near-duplicate groups → splits, each written to ``data/processed/<dataset>/``.
+near-duplicate groups → splits, each written to ``data/processed/<dataset>/<key>/`` (``store``).
 
 ``notebooks/00_download.ipynb`` calls :func:`prepare_data` and shows its tables; the CLI's
 ``check-data`` and the tests call it too, so there is one code path.
@@ -7,20 +7,23 @@ near-duplicate groups → splits, each written to ``data/processed/<dataset>/``.
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from ..errors import DataSourceError
 from ..info import BUSI, CLASSES
 from ..params import DataParams, SplitParams
 from . import acquire as acq
 from .demo import demo_expected_counts
 from .duplicates import candidate_pairs, compute_hashes, distance_histogram, group_images, label_conflicts
-from .manifest import count_check, scan_dataset, write_csv
+from .manifest import count_check, csv_sha256, scan_dataset, write_csv
 from .release_check import check_against_reference, summarise_reference_check
 from .splits import check_split_invariants, make_splits, split_table
-from .store import ProcessedData, sha256_of, write_json
+from .store import ProcessedData, data_key, sha256_of, write_json
 
 
 @dataclass
@@ -48,7 +51,7 @@ def prepare_data(data: DataParams, splits_params: SplitParams, seed: int, data_d
     data.data_source: ``kaggle``, ``demo``, or a folder / ``.zip`` path; data's hash thresholds link
     near-duplicates (PROTOCOL §2); splits_params and seed: the grouped CV (PROTOCOL §3). data_dir: the
     project's ``data/`` folder (raw files are linked or unpacked under ``data/raw``, results go to
-    ``data/processed/<busi|demo>/``).
+    ``data/processed/<busi|demo>/<manifest-sha12>-<params-sha8>/``, see ``store``).
     """
     data_source, demo_seed = data.data_source, data.demo_seed
     phash_threshold, dhash_threshold, hash_margin, ssim_min = (data.phash_threshold, data.dhash_threshold,
@@ -56,11 +59,35 @@ def prepare_data(data: DataParams, splits_params: SplitParams, seed: int, data_d
     n_splits = splits_params.n_splits
     val_fraction, repeats = splits_params.val_fraction, splits_params.repeats
     acquired = acq.acquire(data_source, Path(data_dir), demo_seed=demo_seed)
-    store = ProcessedData(Path(data_dir) / "processed" / acquired.dataset)
-    store.folder.mkdir(parents=True, exist_ok=True)
+    scan = scan_dataset(acquired.root, progress=progress)
+    # the folder is keyed by what produced it (store.py): manifest hash + grouping/split parameters
+    key = data_key(csv_sha256(scan.manifest), {
+        "phash_threshold": phash_threshold, "dhash_threshold": dhash_threshold, "hash_margin": hash_margin,
+        "ssim_min": ssim_min, "seed": seed, "n_splits": n_splits, "val_fraction": val_fraction, "repeats": repeats})
+    final = ProcessedData.keyed(Path(data_dir), acquired.dataset, key)
+    # everything is written to a staging folder first and published at the end: a failed 00 never
+    # leaves a half-written folder where an earlier run's data are
+    store = ProcessedData(final.folder.parent / f".{key}.partial-{os.getpid()}", final.cache)
+    if store.folder.exists():
+        shutil.rmtree(store.folder)
+    store.folder.mkdir(parents=True)
+    try:
+        summary, tables = _write_all(store, acquired, scan, key, final, phash_threshold, dhash_threshold, hash_margin,
+                                     ssim_min, seed, n_splits, val_fraction, repeats, progress)
+    except BaseException:  # no half-written staging folder stays behind (full disk, bad data, Ctrl-C)
+        shutil.rmtree(store.folder, ignore_errors=True)
+        raise
+    ref_check, pairs, groups, conflicts, splits, table, warnings = tables
+    store = _publish(store, final)
+    return PreparedData(acquired, store, summary, scan.manifest, scan.issues, ref_check, pairs, groups,
+                        conflicts, splits, table, warnings)
+
+
+def _write_all(store, acquired, scan, key, final, phash_threshold, dhash_threshold, hash_margin, ssim_min, seed,
+               n_splits, val_fraction, repeats, progress):
+    """The data path's files in ``store`` (the staging folder); returns the summary and the tables."""
     write_json({"root": str(acquired.root.resolve()), "source": acquired.source, "how": acquired.how}, store.source)
 
-    scan = scan_dataset(acquired.root, progress=progress)
     write_csv(scan.files, store.files)
     manifest_sha = write_csv(scan.manifest, store.manifest)
     write_csv(scan.issues, store.issues)
@@ -81,12 +108,14 @@ def prepare_data(data: DataParams, splits_params: SplitParams, seed: int, data_d
     else:
         expected = demo_expected_counts()
         ref_check, ref_summary = None, None
-        store.reference_check.unlink(missing_ok=True)
     count_problems = count_check(scan.manifest, n_masks, expected)
     if count_problems:
         warnings.append("unexpected counts: " + "; ".join(count_problems))
     if len(scan.issues):
-        warnings.append(f"{len(scan.issues)} file problem(s) found and skipped (see validation_issues.csv)")
+        kept = int(scan.issues["action"].str.startswith("kept").sum())
+        warnings.append(f"{len(scan.issues)} file problem(s) found: {len(scan.issues) - kept} left out or ignored, "
+                        f"{kept} kept (see validation_issues.csv)")
+    check_usable(scan.manifest, acquired.root, n_splits)
 
     hashes, thumbs = compute_hashes(scan.manifest, acquired.root, progress=progress)
     write_csv(hashes, store.hashes)
@@ -119,6 +148,8 @@ def prepare_data(data: DataParams, splits_params: SplitParams, seed: int, data_d
         "reference": ref_summary,
         "manifest_sha256": manifest_sha,
         "splits_sha256": splits_sha,
+        "data_key": key,
+        "processed_folder": str(final.folder.resolve()),
         "duplicates": {
             "phash_threshold": phash_threshold, "dhash_threshold": dhash_threshold, "ssim_min": ssim_min,
             "linked_pairs": int(pairs["linked"].sum()) if len(pairs) else 0,
@@ -133,8 +164,37 @@ def prepare_data(data: DataParams, splits_params: SplitParams, seed: int, data_d
     }
     write_json(summary, store.summary)
     assert sha256_of(store.manifest) == manifest_sha
-    return PreparedData(acquired, store, summary, scan.manifest, scan.issues, ref_check, pairs, groups,
-                        conflicts, splits, table, warnings)
+    return summary, (ref_check, pairs, groups, conflicts, splits, table, warnings)
+
+
+def _publish(staging: ProcessedData, final: ProcessedData) -> ProcessedData:
+    """Move the staging folder to its keyed place; an existing folder of the same key gets the
+    new files one by one (each replaced atomically; same key = same manifest and parameters)."""
+    try:
+        os.rename(staging.folder, final.folder)
+    except OSError:
+        final.folder.mkdir(parents=True, exist_ok=True)
+        for f in sorted(staging.folder.iterdir()):
+            os.replace(f, final.folder / f.name)
+        staging.folder.rmdir()
+    return final
+
+
+def check_usable(manifest: pd.DataFrame, root: Path, n_splits: int) -> None:
+    """Stop with one line when the data cannot give a study: a class without images, too few images."""
+    counts = manifest["label"].value_counts().to_dict() if len(manifest) else {}
+    empty = [c for c in CLASSES if counts.get(c, 0) == 0]
+    if empty:
+        missing = [c for c in empty if not (Path(root) / c).is_dir()]
+        what = (f"no {'/, '.join(missing)}/ folder" if missing else f"no usable {', '.join(empty)} image")
+        raise DataSourceError(
+            f"{what} in {root}: the study needs images of all three classes ({', '.join(CLASSES)}) — point --data at "
+            f"a complete copy of {BUSI['folder_name']} (see validation_issues.csv for skipped files)")
+    small = {c: n for c, n in counts.items() if n < n_splits}
+    if small:
+        raise DataSourceError(
+            f"too few images to split: {', '.join(f'{n} {c}' for c, n in small.items())} for {n_splits} grouped folds "
+            f"— use a larger dataset or fewer folds (--set n_splits=2)")
 
 
 def summary_lines(summary: dict) -> list[str]:

@@ -45,12 +45,13 @@ def make_splits(
     (train / val / test), image_id, label, group_id; sorted by seed, fold, role, image_id.
     """
     if n_splits < 2:
-        raise ParameterError(f"n_splits must be at least 2, got {n_splits}")
+        raise ParameterError(f"n_splits must be at least 2, got {n_splits} — e.g. --set n_splits=5")
     if not 0 < val_fraction < 0.5:
-        raise ParameterError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
+        raise ParameterError(f"val_fraction must be in (0, 0.5), got {val_fraction} — e.g. --set val_fraction=0.125")
     n_groups = groups["group_id"].nunique()
     if n_groups < n_splits:
-        raise ParameterError(f"only {n_groups} groups: cannot make {n_splits} grouped folds")
+        raise ParameterError(f"only {n_groups} near-duplicate groups: cannot make {n_splits} grouped folds — use a "
+                             f"larger dataset or fewer folds (--set n_splits=2)")
     df = groups[["image_id", "label", "group_id"]].sort_values("image_id").reset_index(drop=True)
     y = df["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
     g = df["group_id"].to_numpy()

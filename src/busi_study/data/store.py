@@ -1,13 +1,25 @@
-"""Where processed data lives: one folder per dataset (``data/processed/busi``, ``…/demo``).
+"""Where processed data lives: one folder per dataset *and* per what produced it.
+
+``data/processed/<dataset>/<manifest-sha12>-<params-sha8>/`` holds the tables of one data
+path: the first part is the hash of the image manifest (which files, which bytes), the second
+the hash of the grouping and split parameters. Two datasets, or one dataset with two
+``phash_threshold`` values, never share a folder, so a later run cannot overwrite what an
+earlier run's notebooks read. Caches that depend on the manifest only (decoded image arrays,
+frozen-network outputs; their file names carry the manifest hash) live in
+``data/processed/<dataset>/cache/``.
 
 Each step of the data path writes one file that the next step (and every later notebook)
-reads; nothing is recomputed downstream.
+reads; nothing is recomputed downstream. Notebooks after 00 open the store of *their run*
+with :meth:`ProcessedData.of_run`, which checks the recorded hashes (see ``consistency``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +28,29 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class ProcessedData:
-    """The files of one processed dataset."""
+    """The files of one processed dataset. ``cache``: where manifest-level caches go (default: ``folder``)."""
 
     folder: Path
+    cache: Path | None = None
+
+    @classmethod
+    def keyed(cls, data_dir: Path, dataset: str, key: str) -> ProcessedData:
+        """The store ``data_dir/processed/<dataset>/<key>`` with the dataset's shared cache folder."""
+        root = Path(data_dir) / "processed" / dataset
+        return cls(root / key, root / "cache")
+
+    @classmethod
+    def of_run(cls, report_dir: Path | str, data_dir: Path | str | None = None) -> ProcessedData:
+        """The processed data *this run* made (``report_dir/data_summary.json``), after checking
+        that its manifest and splits, and every model result in the report, carry the recorded
+        hashes; a mismatch is a one-line :class:`~busi_study.errors.ProvenanceError`."""
+        from .consistency import open_run_data
+
+        return open_run_data(report_dir, data_dir)
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.cache) if self.cache is not None else self.folder
 
     @property
     def files(self) -> Path:
@@ -84,10 +116,37 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def write_json(obj: dict, path: Path) -> None:
-    """Write JSON atomically with sorted keys (stable bytes for stable input)."""
+def data_key(manifest_sha256: str, params: dict) -> str:
+    """``<manifest-sha12>-<params-sha8>``: the processed-data folder name (module docstring)."""
+    blob = json.dumps(params, sort_keys=True, default=str).encode()
+    return f"{manifest_sha256[:12]}-{hashlib.sha256(blob).hexdigest()[:8]}"
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix); on success it replaces ``path``.
+
+    Every writer of report files goes through this (or ``write_json`` / ``write_csv``), so a file
+    is never rewritten in place: a report that hard-links files of an earlier run (``--only``)
+    can replace them without changing the earlier run.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(text: str, path: Path | str) -> None:
+    """Write a text file atomically (UTF-8)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(obj: dict, path: Path) -> None:
+    """Write JSON atomically with sorted keys (stable bytes for stable input)."""
+    write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", path)

@@ -8,6 +8,7 @@ its functions, and ``localisation`` is pure numpy / scipy.
 from __future__ import annotations
 
 from .gradcam import (
+    GradCAM,
     find_layer,
     gradcam,
     last_conv_layer_name,
@@ -29,6 +30,7 @@ from .localisation import (
 )
 
 __all__ = [
+    "GradCAM",
     "baseline_table",
     "centred_gaussian",
     "choose_iou_threshold",

@@ -343,25 +343,86 @@ def gradcam(
     maps = []
     for start in range(0, n, batch_size):
         x = tf.constant(x_all[start : start + batch_size])
-        with tf.GradientTape() as tape:
-            feats, scores, out = fwd(x)
-            if feats.shape.rank != 4:
-                raise ValueError(f"layer '{fwd.layer_name}' has output shape {tuple(feats.shape)}; Grad-CAM needs (n, h, w, channels)")
-            if idx_all is None:
-                idx = tf.argmax(out, axis=-1)
-            else:
-                idx = tf.constant(idx_all[start : start + batch_size])
-            # one image's score depends only on its own activations (inference mode: no batch
-            # statistics), so the gradient of the sum gives every image's gradient in one pass
-            picked = tf.gather(scores, idx, axis=1, batch_dims=1)
-            total = tf.reduce_sum(picked)
-        grads = tape.gradient(total, feats)
-        if grads is None:
-            raise ValueError(f"the class score does not depend on layer '{fwd.layer_name}'")
-        maps.append(_combine(tf.cast(feats, tf.float32), tf.cast(grads, tf.float32), method).numpy())
-    cams = np.concatenate(maps).astype(np.float32)
+        idx = None if idx_all is None else tf.constant(idx_all[start : start + batch_size])
+        maps.append(_batch_maps(fwd, x, idx, method).numpy())
+    return _normalise(np.concatenate(maps))
+
+
+def _batch_maps(fwd: _Forward, x: Any, idx: Any, method: str) -> Any:
+    """Un-normalised maps (n, h, w) of one batch; ``idx`` None → each image's predicted class."""
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        feats, scores, out = fwd(x)
+        if feats.shape.rank != 4:
+            raise ValueError(f"layer '{fwd.layer_name}' has output shape {tuple(feats.shape)}; Grad-CAM needs (n, h, w, channels)")
+        if idx is None:
+            idx = tf.argmax(out, axis=-1)
+        # one image's score depends only on its own activations (inference mode: no batch
+        # statistics), so the gradient of the sum gives every image's gradient in one pass
+        picked = tf.gather(scores, idx, axis=1, batch_dims=1)
+        total = tf.reduce_sum(picked)
+    grads = tape.gradient(total, feats)
+    if grads is None:
+        raise ValueError(f"the class score does not depend on layer '{fwd.layer_name}'")
+    return _combine(tf.cast(feats, tf.float32), tf.cast(grads, tf.float32), method)
+
+
+def _normalise(cams: np.ndarray) -> np.ndarray:
+    """Each map divided by its maximum (an all-zero map stays zero); float32."""
+    cams = np.asarray(cams, dtype=np.float32)
     peak = cams.max(axis=(1, 2), keepdims=True)
     return np.divide(cams, peak, out=np.zeros_like(cams), where=peak > 0)
+
+
+class GradCAM:
+    """:func:`gradcam` for many calls on one model (e.g. an app answering one upload at a time).
+
+    The layer replay is built and checked against ``model(x)`` once, on the first call, and the
+    forward and backward pass is compiled with ``tf.function``, so later calls cost about one
+    graph execution instead of three eager passes. Same arguments and the same maps as
+    :func:`gradcam` (up to float rounding).
+    """
+
+    def __init__(self, model: keras.Model, layer_name: str | None = None, method: str = "gradcam", score: str = "auto") -> None:
+        import tensorflow as tf
+
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        self.fwd = _Forward(model, layer_name or last_conv_layer_name(model), score=score)
+        self.layer_name, self.method = self.fwd.layer_name, method
+        self._checked = False
+        # one trace for any batch size: the batch dimension is left open in the signatures
+        shape = [None, *(int(d) for d in model.inputs[0].shape[1:])]
+        x_spec = tf.TensorSpec(shape, tf.float32)
+        self._fn = tf.function(lambda x, idx: _batch_maps(self.fwd, x, idx, method),
+                               input_signature=[x_spec, tf.TensorSpec([None], tf.int64)])
+        self._fn_predicted = tf.function(lambda x: _batch_maps(self.fwd, x, None, method), input_signature=[x_spec])
+
+    def __call__(self, images: np.ndarray, class_index: int | Sequence[int] | np.ndarray | None = None,
+                 batch_size: int = 16) -> np.ndarray:
+        import tensorflow as tf
+
+        x_all = np.asarray(images, dtype=np.float32)
+        if x_all.ndim == 3:
+            x_all = x_all[None]
+        if x_all.ndim != 4:
+            raise ValueError(f"images must have shape (n, H, W, C), got {x_all.shape}")
+        n = len(x_all)
+        if n == 0:
+            return np.zeros((0, 0, 0), np.float32)
+        idx_all = _as_class_array(class_index, n)
+        if not self._checked:
+            self.fwd.check(tf.constant(x_all[: min(n, 2)]))
+            self._checked = True
+        maps = []
+        for start in range(0, n, batch_size):
+            x = tf.constant(x_all[start : start + batch_size])
+            if idx_all is None:
+                maps.append(self._fn_predicted(x).numpy())
+            else:
+                maps.append(self._fn(x, tf.constant(idx_all[start : start + batch_size], tf.int64)).numpy())
+        return _normalise(np.concatenate(maps))
 
 
 def upsample(maps: np.ndarray, size_hw: tuple[int, int] | Sequence[tuple[int, int]]) -> np.ndarray | list[np.ndarray]:

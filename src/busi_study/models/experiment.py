@@ -70,19 +70,26 @@ class Experiment:
         self.y = self.table["label_idx"].to_numpy()
         self.views: np.ndarray | None = None
         self.timing: dict[str, float] = {}
+        self.determinism: dict = {}
 
     # ---------- preparation: networks and cached views ----------
     def _cache_path(self, what: str) -> Path:
         r = self.recipe
         key = cache_key(what, r.backbone, sorted(r.backbone_kwargs.items()), r.weights, r.input_size, r.unfreeze_blocks,
                         r.n_views, self.seed, r.augment.key(), r.preprocessing, sha256_of(self.store.manifest))
-        return self.store.folder / "features" / f"{r.backbone or 'images'}-{what}-{key}.npy"
+        return self.store.cache_dir / "features" / f"{r.backbone or 'images'}-{what}-{key}.npy"
 
     def prepare(self) -> Experiment:
         """Build the frozen networks and compute (or load) the cached views."""
+        import os
+
         import keras
 
+        from .determinism import enable
+
         r = self.recipe
+        # deterministic ops unless switched off to measure their cost (BUSI_DETERMINISTIC=0)
+        self.determinism = enable() if os.environ.get("BUSI_DETERMINISTIC", "1") != "0" else {"op_determinism": False}
         t0 = time.perf_counter()
         images = load_image_array(self.store, r.input_size, r.preprocessing, progress=self.progress)
         self.timing["decode_s"] = round(time.perf_counter() - t0, 1)

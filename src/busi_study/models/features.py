@@ -1,7 +1,7 @@
 """Run a frozen network once per image and view, and cache its outputs.
 
 Frozen parts never run once per epoch: their outputs for every image and every augmented view
-(a fixed number of views) are computed once, saved under ``data/processed/<dataset>/features/``
+(a fixed number of views) are computed once, saved under ``data/processed/<dataset>/cache/features/``
 and reused by every fold and every epoch. This covers the frozen backbone under a new head and
 the frozen lower blocks during fine-tuning.
 """

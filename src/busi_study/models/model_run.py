@@ -18,7 +18,8 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from .. import provenance
-from ..data.store import ProcessedData, sha256_of, write_json
+from ..data.store import ProcessedData, atomic_path, sha256_of, write_json
+from ..evaluation.deployment import decision_settings
 from ..evaluation.evaluate import Evaluation, evaluate, wide_row
 from ..evaluation.metrics import classification_metrics
 from ..info import CLASSES
@@ -87,13 +88,21 @@ def run_model(recipe: Recipe, store: ProcessedData, results: ResultsStore, *, se
     run.timing = {"prepare_s": round(t_prep, 1), "cv_s": round(t_cv, 1), **ex.timing,
                   "per_fold_s": cv.timing["seconds"].tolist()}
     for k, fm in enumerate(cv.fold_models):
-        ex.full_model(fm).save(results.fold_model_path(recipe.name, k))
+        with atomic_path(results.fold_model_path(recipe.name, k)) as tmp:  # never in place (--only hard-links it)
+            ex.full_model(fm).save(tmp)
     if models.export_models:
         t0 = time.perf_counter()
         run.exported = export_final(ex, cv, ev, results, store, seed=seed, bootstrap=bootstrap)
         run.timing["final_model_s"] = round(time.perf_counter() - t0, 1)
     write_results(run, store, results, seed=seed, models=models, bootstrap=bootstrap)
     return run
+
+
+def data_hashes(store: ProcessedData) -> dict:
+    """What a result was made from: manifest and splits hashes and the processed-data folder
+    (checked by ``data.consistency`` whenever the result is read or carried over)."""
+    return {"data_manifest_sha256": sha256_of(store.manifest), "data_splits_sha256": sha256_of(store.splits),
+            "data_folder": str(store.folder)}
 
 
 def final_epochs(cv: CVResult) -> list[int]:
@@ -107,8 +116,10 @@ def _protocol_text(n_splits: int, seed: int) -> str:
 
 
 def model_card(recipe: Recipe, ev: Evaluation, store: ProcessedData, epochs: list[int], *, n_splits: int, seed: int,
-               bootstrap: BootstrapParams) -> dict:
-    """The card saved beside an exported model: input contract, weights, training data, CV metrics, provenance."""
+               bootstrap: BootstrapParams, val: pd.DataFrame | None = None) -> dict:
+    """The card saved beside an exported model: input contract, weights, training data, CV metrics, provenance;
+    ``val`` (the folds' validation predictions) adds the temperature and malignant thresholds the app
+    uses (``evaluation.deployment``)."""
     return {
         "model": recipe.name,
         "title": recipe.title,
@@ -125,8 +136,10 @@ def model_card(recipe: Recipe, ev: Evaluation, store: ProcessedData, epochs: lis
         "cv_metrics": {"protocol": f"grouped {n_splits}-fold CV, seed {seed}, pooled out-of-fold; "
                                    f"95% group-bootstrap CI ({bootstrap.resamples} resamples)",
                        **wide_row(ev.pooled)},
-        "data_manifest_sha256": sha256_of(store.manifest),
+        **data_hashes(store),
         "git": provenance.git_info(provenance.REPO),
+        "gradcam_layer": recipe.gradcam_layer(),
+        "decision": None if val is None or val.empty else decision_settings(val),
         "not_for_clinical_use": True,
     }
 
@@ -138,9 +151,10 @@ def export_final(ex: Experiment, cv: CVResult, ev: Evaluation, results: ResultsS
     fm = ex.fit(np.arange(len(ex.y)), None, seed + 99, epochs=epochs)
     model = ex.full_model(fm)
     path = results.exported_model_path(ex.recipe.name)
-    model.save(path)
+    with atomic_path(path) as tmp:  # never in place (an --only run may hard-link it)
+        model.save(tmp)
     n_splits = int(cv.oof["fold"].nunique())
-    write_json(model_card(ex.recipe, ev, store, epochs, n_splits=n_splits, seed=seed, bootstrap=bootstrap),
+    write_json(model_card(ex.recipe, ev, store, epochs, n_splits=n_splits, seed=seed, bootstrap=bootstrap, val=cv.val),
                path.with_suffix(".json"))
     return path
 
@@ -163,10 +177,11 @@ def write_results(run: ModelRun, store: ProcessedData, results: ResultsStore, *,
         "tta": None if ev.tta is None else ev.tta.to_dict(orient="records"),
         "confusion_counts": ev.confusion_counts.to_dict(),
         "timing": run.timing,
+        "determinism": run.experiment.determinism if run.experiment else None,
         "final_epochs": final_epochs(cv),
         "exported_model": str(run.exported) if run.exported else None,
         "bootstrap": {"resamples": bootstrap.resamples, "seed": bootstrap.seed, "ci": 0.95},
-        "data_manifest_sha256": sha256_of(store.manifest),
+        **data_hashes(store),
         "git": provenance.git_info(provenance.REPO),
         "packages": provenance.package_versions(),
         "hardware": provenance.hardware(),

@@ -42,6 +42,11 @@ class BackboneSpec:
     always_trainable_top: tuple[str, ...] = ()
     source_study: str = ""
     defaults: dict[str, Any] = field(default_factory=dict)
+    # multi-scale features for an SSDLite-style head (S4): "C4" = the expansion layer of the first
+    # stride-32 block (the last layer at output stride 16, as MobileNetV3's SSDLite attaches it),
+    # "C5" = the last layer before pooling. "" means the backbone's output; "NAME+act" means the
+    # activation layer applied to NAME (Keras auto-numbers MobileNetV3's activations).
+    feature_layers: dict[str, str] = field(default_factory=dict)
 
     def weights_filename(self, input_size: int = 224, **kwargs: Any) -> str:
         """The file name Keras caches the no-top ImageNet weights under."""
@@ -76,7 +81,7 @@ REGISTRY: dict[str, BackboneSpec] = {
     "mobilenet_v2": BackboneSpec(
         name="mobilenet_v2", constructor="MobileNetV2", preprocess="tf", input_size=224, gradcam_layer="out_relu",
         blocks=_mnv2_blocks(), always_trainable_top=("Conv_1", "Conv_1_bn", "out_relu"), source_study="S0",
-        defaults={"alpha": 1.0},
+        defaults={"alpha": 1.0}, feature_layers={"C4": "block_13_expand_relu", "C5": "out_relu"},
     ),
     "resnet50": BackboneSpec(
         name="resnet50", constructor="ResNet50", preprocess="caffe", input_size=224, gradcam_layer="conv5_block3_out",
@@ -89,6 +94,7 @@ REGISTRY: dict[str, BackboneSpec] = {
     "mobilenet_v3_small": BackboneSpec(
         name="mobilenet_v3_small", constructor="MobileNetV3Small", preprocess="none", input_size=224,
         gradcam_layer=None, blocks=(), source_study="S4", defaults={"include_preprocessing": True},
+        feature_layers={"C4": "expanded_conv_8_expand_bn+act", "C5": ""},
     ),
     "efficientnet_b0": BackboneSpec(
         name="efficientnet_b0", constructor="EfficientNetB0", preprocess="none", input_size=224,
@@ -101,7 +107,32 @@ def get_spec(name: str) -> BackboneSpec:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise StudyError(f"unknown backbone '{name}' (known: {', '.join(sorted(REGISTRY))})") from None
+        raise StudyError(f"unknown backbone '{name}' — use one of: {', '.join(sorted(REGISTRY))}") from None
+
+
+def feature_tensors(backbone, name: str, levels: tuple[str, ...] = ("C4", "C5")) -> list:
+    """The symbolic outputs of ``backbone`` (a built Keras model of backbone ``name``) at the
+    registry's feature ``levels`` (C4: output stride 16, C5: stride 32), in that order."""
+    spec = get_spec(name)
+    missing = [lv for lv in levels if lv not in spec.feature_layers]
+    if missing:
+        raise StudyError(f"{name}: no {'/'.join(missing)} feature layer in the registry "
+                         f"(known for: {', '.join(n for n, s in REGISTRY.items() if s.feature_layers)})")
+    out = []
+    for lv in levels:
+        ref = spec.feature_layers[lv]
+        if not ref:
+            out.append(backbone.output)
+        elif ref.endswith("+act"):
+            source = backbone.get_layer(ref[: -len("+act")]).output
+            consumers = [layer for layer in backbone.layers if getattr(layer, "_inbound_nodes", None)
+                         and any(source is t for node in layer._inbound_nodes for t in node.input_tensors)]
+            if len(consumers) != 1:
+                raise StudyError(f"{name}: expected one layer after {ref}, found {len(consumers)}")
+            out.append(consumers[0].output)
+        else:
+            out.append(backbone.get_layer(ref).output)
+    return out
 
 
 def keras_cache_dir() -> Path:
@@ -133,7 +164,7 @@ def build_backbone(name: str, input_size: int, weights: str | None = "imagenet",
     if w not in (None, "imagenet"):
         path_weights, w = Path(w), None
         if not path_weights.exists():
-            raise StudyError(f"{name}: weights file not found: {path_weights}")
+            raise StudyError(f"{name}: weights file not found: {path_weights} — put the file there or run without pretrained weights")
     try:
         model = ctor(include_top=False, weights=w, input_shape=shape, **kw)
     except Exception as exc:  # offline download failure, missing cache file, bad file

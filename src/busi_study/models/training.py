@@ -5,6 +5,10 @@ frozen-network outputs or augmented images), in an order drawn from the same see
 generator (Keras's own shuffling is not used: its seed depends on how many random ops were
 created before, so two equal models could see different batch orders). Validation uses view 0
 (unaugmented). Early stopping watches validation loss and restores a *copy* of the best weights.
+
+A model with one sigmoid output (a binary head, S4) is trained with binary cross-entropy on
+0/1 labels; a model with several inputs gets ``views`` as a tuple of arrays, one per input,
+each of shape (n_views, n, ...).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ class TrainConfig:
     patience: int | None = 4
     class_weight: bool = True
     augment_views: bool = True
+    restore_best: bool = True  # False: keep the last epoch's weights (a source study's fixed-epoch run)
+    steps_per_execution: int = 1  # batches per compiled call: same updates, less per-step overhead (batch 1)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -50,11 +56,24 @@ def balanced_class_weight(y: np.ndarray, n_classes: int = len(CLASSES)) -> dict[
     return {c: float(len(y) / (k * counts[c])) if counts[c] else 0.0 for c in range(n_classes)}
 
 
-def _compile(model, learning_rate: float) -> None:
+def is_binary(model) -> bool:
+    """A model with a single output unit (sigmoid): binary cross-entropy on 0/1 labels."""
+    return int(model.outputs[0].shape[-1]) == 1
+
+
+def _compile(model, learning_rate: float, steps_per_execution: int = 1) -> None:
     import keras
 
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    loss = "binary_crossentropy" if is_binary(model) else "sparse_categorical_crossentropy"
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=["accuracy"],
+                  steps_per_execution=steps_per_execution)
+
+
+def _take(views, v: np.ndarray | int, idx: np.ndarray):
+    """``views[v, idx]`` for one array, or a list of them for a tuple of arrays (multi-input model)."""
+    if isinstance(views, (tuple, list)):
+        return [a[v, idx] for a in views]
+    return views[v, idx]
 
 
 def train(
@@ -69,16 +88,18 @@ def train(
 ) -> TrainResult:
     """Train ``model`` (compiled here with Adam + sparse CE) on ``views[:, train_idx]``.
 
-    views: array (n_views, n, ...) of model inputs. y: int labels (n,). With ``val_idx`` None
-    (final model on all data) it trains exactly ``epochs`` epochs without early stopping.
+    views: array (n_views, n, ...) of model inputs (a tuple of such arrays for a multi-input
+    model). y: int labels (n,). With ``val_idx`` None (final model on all data) it trains exactly
+    ``epochs`` epochs without early stopping.
     """
     import keras
 
     keras.utils.set_random_seed(seed)
-    _compile(model, cfg.learning_rate)
+    _compile(model, cfg.learning_rate, cfg.steps_per_execution)
     rng = np.random.default_rng(seed)
-    n_views = views.shape[0] if cfg.augment_views else 1
-    cw = balanced_class_weight(y[train_idx]) if cfg.class_weight else None
+    n_views = (views[0] if isinstance(views, (tuple, list)) else views).shape[0] if cfg.augment_views else 1
+    n_classes = 2 if is_binary(model) else len(CLASSES)
+    cw = balanced_class_weight(y[train_idx], n_classes) if cfg.class_weight else None
     max_epochs = epochs or cfg.epochs
     rows, best, best_loss, best_epoch, waited = [], None, np.inf, 0, 0
     t_start = time.perf_counter()
@@ -86,12 +107,12 @@ def train(
         t0 = time.perf_counter()
         chosen = rng.integers(0, n_views, size=len(train_idx))
         order = rng.permutation(len(train_idx))  # shuffled here, not by Keras: same order on every backend and model
-        x = views[chosen[order], train_idx[order]]
+        x = _take(views, chosen[order], train_idx[order])
         h = model.fit(x, y[train_idx[order]], batch_size=cfg.batch_size, epochs=1, shuffle=False, class_weight=cw,
                       verbose=0)
         row = {"epoch": epoch, "loss": float(h.history["loss"][0]), "accuracy": float(h.history["accuracy"][0])}
         if val_idx is not None and len(val_idx):
-            vl, va = model.evaluate(views[0, val_idx], y[val_idx], batch_size=64, verbose=0)
+            vl, va = model.evaluate(_take(views, 0, val_idx), y[val_idx], batch_size=64, verbose=0)
             row.update(val_loss=float(vl), val_accuracy=float(va))
         row["seconds"] = round(time.perf_counter() - t0, 2)
         rows.append(row)
@@ -104,13 +125,16 @@ def train(
             waited += 1
             if cfg.patience is not None and waited >= cfg.patience:
                 break
-    if best is not None:
+    if best is not None and cfg.restore_best:
         model.set_weights(best)
+    elif best is not None:
+        best_epoch = len(rows)
     else:
         best_epoch = len(rows)
     return TrainResult(pd.DataFrame(rows), best_epoch, round(time.perf_counter() - t_start, 1))
 
 
-def predict(model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Class probabilities (n, 3) in inference mode."""
+def predict(model, x, batch_size: int = 64) -> np.ndarray:
+    """Class probabilities (n, 3) in inference mode ((n, 1) for a binary model); ``x`` an array
+    or a list of arrays (multi-input model)."""
     return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..data.store import atomic_path
+from ..data.store import write_text as _write_text
 from ..info import DEMO_BANNER
 
 
@@ -22,8 +24,10 @@ def save_figure(fig, name: str, report_dir: Path | str, dpi: int = 300) -> list[
     out = Path(report_dir) / "figures"
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    fig.savefig(paths[0], dpi=dpi, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight", metadata={"CreationDate": None})
+    with atomic_path(paths[0]) as tmp:  # never in place: an --only run may hard-link the earlier file
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    with atomic_path(paths[1]) as tmp:
+        fig.savefig(tmp, bbox_inches="tight", metadata={"CreationDate": None})
     return paths
 
 
@@ -42,7 +46,7 @@ def save_table(df: pd.DataFrame, name: str, report_dir: Path | str, decimals: in
     out.mkdir(parents=True, exist_ok=True)
     table = round_table(df.reset_index(drop=True), decimals)
     csv_path, tex_path = out / f"{name}.csv", out / f"{name}.tex"
-    table.to_csv(csv_path, index=False, lineterminator="\n")
+    _write_text(table.to_csv(index=False, lineterminator="\n"), csv_path)
     tex = table.to_latex(index=False, escape=True, float_format=lambda v: f"{v:.{decimals}f}")
-    tex_path.write_text(tex)
+    _write_text(tex, tex_path)
     return [csv_path, tex_path]

@@ -119,7 +119,9 @@ def _models_section(run_dir: Path, meta: dict) -> str:
         rows.append((name, _e(r["backbone"]), _e(r["weights"]), int(r["n"]), *cells))
     header = ("model", "backbone", "weights", "n", *cols[:-1], "CV wall time per fold (s)")
     html_t = '<div style="overflow-x:auto">' + _table(rows, header) + "</div>"
-    parts = [f"<p>Pooled out-of-fold predictions under grouped {_e(meta['params'].get('n_splits', 5))}-fold CV; "
+    # the protocol each model actually ran (from its results), not a parameter of this run
+    protocols = sorted(set(t.loc[t["status"] == "trained", "protocol"].dropna())) or ["no trained model"]
+    parts = [f"<p>Pooled out-of-fold predictions ({_e('; '.join(protocols))}); "
              f"95 % group-bootstrap CIs in brackets ({_e(meta['params'].get('bootstrap_resamples'))} resamples, "
              "percentile intervals; ECE is biased upwards in resamples, so its interval can lie above the point "
              "estimate). "

@@ -50,7 +50,10 @@ class StudyNotebook:
         parameters cell). Shows the DEMO banner on demo data; ``need_data`` prints what data it reads."""
         report_dir = Path(report_dir)
         report_dir.mkdir(parents=True, exist_ok=True)
-        store = ProcessedData(Path(data_dir) / "processed" / ("demo" if demo else "busi"))
+        # this run's data, after checking manifest / splits / carried results against its hashes (issue 12);
+        # 00_download (need_data=False) makes the data and gets its store from prepare_data
+        store = (ProcessedData.of_run(report_dir, data_dir) if need_data
+                 else ProcessedData(Path(data_dir) / "processed" / ("demo" if demo else "busi")))
         nb = cls(report_dir=report_dir, store=store, demo=demo, figure_dpi=figure_dpi)
         if demo:
             nb.banner()

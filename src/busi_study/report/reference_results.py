@@ -19,7 +19,8 @@ import pandas as pd
 CHECK_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "malignant_auc", "benign_vs_malignant_auc", "ece")
 TABLE_PATTERNS = ("comparison_*.csv", "comparison_*.md", "*_claims_vs_ours.csv", "*_source_protocol.csv",
                   "*_benchmark_*.csv", "splits_per_fold.csv", "data_reference_check.csv", "duplicates_label_conflicts.csv",
-                  "eda_intensity_vs_s0.csv", "localisation*.csv", "calibration*.csv", "error_*.csv", "external_*.csv")
+                  "eda_intensity_vs_s0.csv", "localisation*.csv", "calibration*.csv", "error_*.csv", "external_*.csv",
+                  "s4_backbones.csv", "s4_metrics_binary.csv", "s4_paired_*.csv", "s4_tflite_targets.csv", "s4_wall_times.csv")
 #: External-validation metrics that ``--check-reference`` compares (PROTOCOL.md §9).
 EXTERNAL_CHECK_METRICS = ("auc", "sensitivity_spec90", "specificity_spec90", "ece")
 README_START, README_END = "<!-- reference-results:start -->", "<!-- reference-results:end -->"

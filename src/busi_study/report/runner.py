@@ -1,8 +1,19 @@
 """Execute the numbered notebooks with papermill and assemble ``reports/<run-id>/``.
 
 A run writes into a new folder; ``reports/latest`` is switched to it only when every notebook
-succeeded, so a failed run never touches the previous complete report. ``--only``/``--from``
-runs start from a copy of the latest complete report and replace the notebooks they rerun.
+succeeded, so a failed run never touches the previous complete report.
+
+A run is *complete* only when this runner has written ``COMPLETE.json`` in its folder, last and
+atomically (temporary file + ``os.replace``), after every notebook succeeded and the data and
+model results were checked to belong together (``data.consistency``). A failed or interrupted
+run (Ctrl-C) never gets it, so it is never built on.
+
+``--only``/``--from`` runs start from the newest complete run with the same data and profile
+(the console says which): its files are *hard-linked* into the new folder (copied only where
+linking is impossible), so a rerun of one notebook costs the disk space of what it rewrites.
+Every writer of report files replaces files atomically instead of rewriting them in place, and
+the runner unlinks the outputs of the notebooks it reruns first, so the earlier run is never
+changed. ``run_all.py --clean-failed`` removes failed and incomplete runs.
 """
 
 from __future__ import annotations
@@ -19,11 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from .. import provenance
-from ..errors import ParameterError, StudyError
+from ..data.store import write_json, write_text
+from ..errors import ParameterError, ProvenanceError, StudyError, from_os_error
 from ..info import DEMO_BANNER
+from ..models.determinism import export_environment
 
 NOTEBOOK_RE = re.compile(r"^(?P<num>\d\d)_[A-Za-z0-9_]+\.ipynb$")
 KERNEL_NAME = "busi-study"
+COMPLETE = "COMPLETE.json"           # written last, atomically, by the runner only
+RUNNER_FILES = ("run.json", "index.html", COMPLETE, "FAILED.txt", "RUNNING")  # never carried over
 
 
 @dataclass
@@ -61,12 +76,12 @@ def select_notebooks(all_nbs: list[Path], only: list[str] | None, start_from: st
         chosen = [nb for nb in all_nbs if any(matches(nb, k) for k in only)]
         missing = [k for k in only if not any(matches(nb, k) for nb in all_nbs)]
         if missing:
-            raise ParameterError(f"no notebook matches {', '.join(missing)} (have: {', '.join(nb.stem for nb in all_nbs)})")
+            raise ParameterError(f"no notebook matches {', '.join(missing)} — use one of: {', '.join(nb.stem for nb in all_nbs)}")
         return chosen
     if start_from:
         idx = [i for i, nb in enumerate(all_nbs) if matches(nb, start_from)]
         if not idx:
-            raise ParameterError(f"no notebook matches --from {start_from}")
+            raise ParameterError(f"no notebook matches --from {start_from} — use one of: {', '.join(nb.stem for nb in all_nbs)}")
         return all_nbs[idx[0]:]
     return list(all_nbs)
 
@@ -119,31 +134,122 @@ def render_html(executed: Path, html_path: Path, demo: bool) -> None:
         banner = (f'<div style="background:#b00020;color:#fff;font:bold 18px sans-serif;padding:8px 16px;'
                   f'text-align:center">{DEMO_BANNER}</div>')
         body = re.sub(r"(<body[^>]*>)", r"\1" + banner, body, count=1)
-    html_path.parent.mkdir(parents=True, exist_ok=True)
-    html_path.write_text(body, encoding="utf-8")
+    write_text(body, html_path)
 
 
 def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
+def is_complete(run_dir: Path) -> bool:
+    """A run is complete only when the runner wrote its ``COMPLETE.json`` (module docstring)."""
+    run_dir = Path(run_dir)
+    try:
+        marker = json.loads((run_dir / COMPLETE).read_text())
+    except (OSError, ValueError):
+        return False
+    return marker.get("run_id") == run_dir.name
+
+
+def is_legacy_complete(run_dir: Path) -> bool:
+    """A run finished by a runner from before completion markers: run.json says ok and neither
+    RUNNING nor FAILED.txt is there. Never built on (its results carry no split hashes), never
+    removed by ``--clean-failed``."""
+    run_dir = Path(run_dir)
+    if (run_dir / COMPLETE).exists() or (run_dir / "RUNNING").exists() or (run_dir / "FAILED.txt").exists():
+        return False
+    try:
+        meta = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(meta.get("ok")) and "interrupted" not in meta
+
+
+def _runs(reports_dir: Path) -> list[Path]:
+    """Run folders (not ``latest``, not ``reference``, not hidden)."""
+    if not Path(reports_dir).is_dir():
+        return []
+    return sorted(p for p in Path(reports_dir).iterdir()
+                  if p.is_dir() and not p.is_symlink() and p.name not in ("latest", "reference")
+                  and not p.name.startswith(".") and ((p / "run.json").exists() or (p / "RUNNING").exists()))
+
+
+def _running_pid_alive(run_dir: Path) -> bool:
+    try:
+        pid = int(json.loads((run_dir / "RUNNING").read_text()).get("pid", 0))
+    except (OSError, ValueError, AttributeError):
+        return False
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def failed_runs(reports_dir: Path) -> list[Path]:
+    """Failed or interrupted runs: no ``COMPLETE.json`` and not running now; never latest's target."""
+    latest = Path(reports_dir) / "latest"
+    keep = latest.resolve() if latest.exists() else None
+    return [p for p in _runs(reports_dir)
+            if not is_complete(p) and not is_legacy_complete(p) and p.resolve() != keep and not _running_pid_alive(p)]
+
+
+def clean_failed(reports_dir: Path, say=print) -> list[Path]:
+    """Remove failed and incomplete runs (``run_all.py --clean-failed``); return what was removed."""
+    removed = []
+    for p in failed_runs(reports_dir):
+        reason = (p / "FAILED.txt").read_text().strip() if (p / "FAILED.txt").exists() else "incomplete (interrupted)"
+        say(f"removing {p.name}: {reason.splitlines()[0] if reason else 'incomplete'}")
+        shutil.rmtree(p)
+        removed.append(p)
+    say(f"{len(removed)} failed or incomplete run(s) removed from {reports_dir}")
+    return removed
+
+
 def previous_complete_run(reports_dir: Path, demo: bool, profile: str, data_source: str) -> Path | None:
     """The newest complete run on the same data with the same profile (what --only/--from extend)."""
     best = None
-    for meta_path in Path(reports_dir).glob("*/run.json"):
-        if meta_path.parent.is_symlink():  # reports/latest is a link to one of the runs, not a run
-            continue
-        if meta_path.parent.name == "reference":  # committed numbers only (its run.json says ok), not a run to extend
+    for run in _runs(reports_dir):
+        if not is_complete(run):  # failed, interrupted or from before completion markers
             continue
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads((run / "run.json").read_text())
         except (OSError, json.JSONDecodeError):
             continue
         same = (meta.get("ok") and bool(meta.get("demo")) == demo and meta.get("profile") == profile
                 and meta.get("params", {}).get("data_source") == data_source)
         if same and (best is None or meta["started_utc"] > best[0]):
-            best = (meta["started_utc"], meta_path.parent)
+            best = (meta["started_utc"], run)
     return best[1].resolve() if best else None
+
+
+def carry_over(previous: Path, run_dir: Path, skip: set[str]) -> dict:
+    """Hard-link every file of ``previous`` into ``run_dir`` except the runner's own files and
+    ``skip`` (relative paths: the outputs of the notebooks about to rerun); copy where a link
+    is impossible (another file system). Returns counts and bytes linked / copied."""
+    stats = {"linked": 0, "copied": 0, "linked_bytes": 0, "copied_bytes": 0}
+    for src in sorted(previous.rglob("*")):
+        rel = src.relative_to(previous)
+        if src.is_dir() or rel.as_posix() in skip or (len(rel.parts) == 1 and rel.name in RUNNER_FILES):
+            continue
+        dst = run_dir / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            dst.symlink_to(os.readlink(src))
+            continue
+        try:
+            os.link(src, dst)
+            kind = "linked"
+        except OSError:
+            shutil.copy2(src, dst)
+            kind = "copied"
+        stats[kind] += 1
+        stats[f"{kind}_bytes"] += src.stat().st_size
+    return stats
 
 
 def _switch_latest(reports_dir: Path, run_dir: Path) -> None:
@@ -155,8 +261,37 @@ def _switch_latest(reports_dir: Path, run_dir: Path) -> None:
     os.replace(tmp, link)
 
 
+def _data_lines(run_dir: Path) -> list[str]:
+    """The data check's counts and warnings of this run, for the console."""
+    from ..data.prepare import summary_lines
+
+    path = run_dir / "data_summary.json"
+    if not path.exists():
+        return []
+    try:
+        summary = json.loads(path.read_text())
+        lines = [f"data: {summary_lines(summary)[0]}"]
+    except (OSError, ValueError, KeyError):
+        return []
+    lines += [f"WARNING: {w}" for w in summary.get("warnings", [])]
+    return lines
+
+
+def _mkdir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        converted = from_os_error(exc, path, "create the folder")
+        if converted is None:
+            raise
+        raise converted from None
+
+
 def run_study(cfg: RunConfig) -> int:
-    """Run the selected notebooks; return 0 on success, 1 when a notebook failed."""
+    """Run the selected notebooks; return 0 on success, 1 when a notebook failed.
+
+    KeyboardInterrupt: the run is recorded as interrupted (never complete) and re-raised.
+    """
     import papermill as pm
 
     from .index import write_index
@@ -164,10 +299,16 @@ def run_study(cfg: RunConfig) -> int:
     repo = cfg.repo.resolve()
     reports_dir = (cfg.reports_dir or repo / "reports").resolve()
     data_dir = (cfg.data_dir or repo / "data").resolve()
-    reports_dir.mkdir(parents=True, exist_ok=True)
+    _mkdir(reports_dir)
     notebooks = select_notebooks(discover_notebooks(repo / "notebooks"), cfg.only, cfg.start_from)
     if not notebooks:
-        raise StudyError(f"no notebooks found in {repo / 'notebooks'}")
+        raise StudyError(f"no notebooks found in {repo / 'notebooks'} — run from a complete checkout of the study")
+
+    failed_before = failed_runs(reports_dir)
+    if failed_before:
+        _say(f"{len(failed_before)} failed or incomplete run(s) kept in {reports_dir}: "
+             f"{', '.join(p.name for p in failed_before[:5])}{' …' if len(failed_before) > 5 else ''} "
+             "(remove them with run_all.py --clean-failed)")
 
     run_id = new_run_id(cfg.profile, cfg.demo, reports_dir)
     run_dir = reports_dir / run_id
@@ -180,20 +321,24 @@ def run_study(cfg: RunConfig) -> int:
         first = discover_notebooks(repo / "notebooks")[0]
         if previous is None and notebooks[0] != first:
             raise StudyError("--only/--from needs an earlier complete run with the same data and profile to "
-                             "extend; run the whole study first")
+                             "extend — run the whole study first (run_all.py without --only/--from)")
+    _mkdir(run_dir)
+    write_json({"pid": os.getpid(), "started_utc": dt.datetime.now(dt.timezone.utc).isoformat()}, run_dir / "RUNNING")
     if partial and previous is not None:
-        # start from the latest complete report; the notebooks rerun below replace their parts
-        shutil.copytree(previous, run_dir, symlinks=True)
-        for f in ("RUNNING", "FAILED.txt"):
-            (run_dir / f).unlink(missing_ok=True)
-        prev_meta = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+        # build on the newest complete run: hard links, minus the outputs of the notebooks rerun here
+        prev_meta = json.loads((previous / "run.json").read_text())
+        rerun = {nb.stem for nb in notebooks}
+        skip = {f"notebooks/{nb.name}" for nb in notebooks} | {f"html/{nb.stem}.html" for nb in notebooks}
+        link_stats = carry_over(previous, run_dir, skip)
         carried = {n["name"]: {**n, "from_run": n.get("from_run") or prev_meta.get("run_id")}
-                   for n in prev_meta.get("notebooks", [])}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "RUNNING").write_text(f"started {dt.datetime.now(dt.timezone.utc).isoformat()}\n")
+                   for n in prev_meta.get("notebooks", []) if n["name"] not in rerun}
+        _say(f"Building on complete run {previous.name}: carrying over {', '.join(sorted(carried)) or 'nothing'} "
+             f"({link_stats['linked']} files hard-linked, {link_stats['copied']} copied, "
+             f"{link_stats['copied_bytes'] / 1e6:.1f} MB of new disk space)")
 
     kernel = _kernel(cfg.kernel_name)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # kernels inherit it: no TensorFlow banner in the notebooks
+    determinism_env = export_environment()  # PYTHONHASHSEED, TF_DETERMINISTIC_OPS for the kernels
     base_params = {
         **cfg.params,
         "data_dir": str(data_dir),
@@ -214,60 +359,101 @@ def run_study(cfg: RunConfig) -> int:
         "kernel": kernel,
         "demo": cfg.demo,
         "partial_of": previous.name if (partial and previous) else None,
+        "determinism_environment": determinism_env,
     }
     status: dict[str, dict] = dict(carried)
     t_run = time.perf_counter()
     _say(f"Run {run_id}: {len(notebooks)} notebook(s), profile '{cfg.profile}'"
          f"{' on DEMO data' if cfg.demo else ''}; output in {run_dir}")
     failed = None
-    for i, nb in enumerate(notebooks, 1):
-        executed = run_dir / "notebooks" / nb.name
-        html = run_dir / "html" / f"{nb.stem}.html"
-        executed.parent.mkdir(parents=True, exist_ok=True)
-        params = notebook_parameters(nb, base_params)
-        _say(f"[{i}/{len(notebooks)}] {nb.stem} …")
-        t0 = time.perf_counter()
-        error = None
-        try:
-            pm.execute_notebook(str(nb), str(executed), parameters=params, kernel_name=kernel,
-                                cwd=str(nb.parent), progress_bar=cfg.progress, log_output=False,
-                                request_save_on_cell_execute=True)
-        except pm.PapermillExecutionError as exc:
-            error = _short_error(exc)
-        except Exception as exc:  # kernel died, dependency missing, …
-            error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
-        wall = round(time.perf_counter() - t0, 1)
-        if executed.exists():
+    interrupted = False
+    try:
+        for i, nb in enumerate(notebooks, 1):
+            executed = run_dir / "notebooks" / nb.name
+            html = run_dir / "html" / f"{nb.stem}.html"
+            executed.parent.mkdir(parents=True, exist_ok=True)
+            params = notebook_parameters(nb, base_params)
+            _say(f"[{i}/{len(notebooks)}] {nb.stem} …")
+            t0 = time.perf_counter()
+            error = None
+            status[nb.stem] = {"name": nb.stem, "ok": False, "wall_s": None, "error": "running",
+                               "ipynb": f"notebooks/{nb.name}", "html": f"html/{nb.stem}.html", "from_run": None}
             try:
-                render_html(executed, html, cfg.demo)
-            except Exception as exc:  # the executed notebook stays the primary record
-                _say(f"    (HTML export failed: {type(exc).__name__}: {exc})")
-        status[nb.stem] = {"name": nb.stem, "ok": error is None, "wall_s": wall, "error": error,
-                           "ipynb": f"notebooks/{nb.name}", "html": f"html/{nb.stem}.html", "from_run": None}
-        if error:
-            failed = (nb, error, executed)
-            break
-        _say(f"    done in {wall:.1f} s")
+                pm.execute_notebook(str(nb), str(executed), parameters=params, kernel_name=kernel,
+                                    cwd=str(nb.parent), progress_bar=cfg.progress, log_output=False,
+                                    request_save_on_cell_execute=True)
+            except pm.PapermillExecutionError as exc:
+                error = _short_error(exc)
+            except KeyboardInterrupt:
+                error = "interrupted (KeyboardInterrupt): the notebook did not finish"
+                interrupted = True
+            except Exception as exc:  # kernel died, dependency missing, …
+                error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+            wall = round(time.perf_counter() - t0, 1)
+            if executed.exists() and not interrupted:
+                try:
+                    render_html(executed, html, cfg.demo)
+                except Exception as exc:  # the executed notebook stays the primary record
+                    _say(f"    (HTML export failed: {type(exc).__name__}: {exc})")
+            status[nb.stem].update(ok=error is None, wall_s=wall, error=error)
+            if error:
+                failed = (nb, error, executed)
+                break
+            _say(f"    done in {wall:.1f} s")
+            if nb.stem.startswith("00_"):  # the data check, on the console as well as on the front page
+                for line in _data_lines(run_dir):
+                    _say(f"    {line}")
+    except KeyboardInterrupt:  # between notebooks
+        interrupted = True
+        failed = (notebooks[0], "interrupted (KeyboardInterrupt)", run_dir)
 
-    meta["models"] = _model_summary(run_dir, base_params, cfg.demo)
+    hashes = None
+    if failed is None:
+        try:  # the report's data, splits and model results must belong together
+            hashes = check_report_data(run_dir)
+        except ProvenanceError as exc:
+            failed = (notebooks[-1], f"ProvenanceError: {exc}", run_dir)
+
+    meta["models"] = None if interrupted else _model_summary(run_dir, base_params, cfg.demo)
     meta["notebooks"] = [status[k] for k in sorted(status)]
     meta["wall_s"] = round(time.perf_counter() - t_run, 1)
     meta["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     meta["ok"] = failed is None
+    meta["interrupted"] = interrupted
     meta["data"] = _data_summary(run_dir, base_params)
-    (run_dir / "run.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
-    write_index(run_dir, meta)
-    (run_dir / "RUNNING").unlink(missing_ok=True)
+    meta["data_hashes"] = hashes
+    write_json(meta, run_dir / "run.json")
+    if not interrupted:
+        write_index(run_dir, meta)
 
     if failed:
         nb, error, executed = failed
-        (run_dir / "FAILED.txt").write_text(f"{nb.stem}: {error}\n")
+        write_text(f"{nb.stem}: {error}\n", run_dir / "FAILED.txt")
+        (run_dir / "RUNNING").unlink(missing_ok=True)
         keep = f"; the previous report is still at {latest} -> {previous.name}" if previous else ""
+        if interrupted:
+            print(f"INTERRUPTED: {nb.stem}: run {run_id} is incomplete and will never be built on{keep}",
+                  file=sys.stderr, flush=True)
+            raise KeyboardInterrupt
         print(f"FAILED: {nb.stem}: {error}\n  partial output: {executed}{keep}", file=sys.stderr, flush=True)
+        for line in _data_lines(run_dir):
+            print(line, file=sys.stderr, flush=True)
         return 1
+    # complete: the marker is the last file written, atomically; only then does latest move
+    (run_dir / "RUNNING").unlink(missing_ok=True)
+    write_json({"run_id": run_id, "finished_utc": meta["finished_utc"], "data_hashes": hashes}, run_dir / COMPLETE)
     _switch_latest(reports_dir, run_dir)
+    for line in _data_lines(run_dir):
+        _say(line)
     _say(f"Report ready in {meta['wall_s']:.0f} s: {run_dir / 'index.html'}  (also {latest / 'index.html'})")
     return 0
+
+
+def check_report_data(run_dir: Path) -> dict | None:
+    """Data summary vs processed files vs model results of a finished run (``data.consistency``)."""
+    from ..data.consistency import check_report
+
+    return check_report(run_dir)
 
 
 def _model_summary(run_dir: Path, params: dict, demo: bool) -> dict | None:

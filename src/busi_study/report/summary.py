@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..data.store import write_text  # noqa: E402
 from ..evaluation.bootstrap import paired_bootstrap_difference  # noqa: E402
 from ..evaluation.evaluate import HEADLINE, arrays, wide_row  # noqa: E402
 from ..info import DEMO_BANNER  # noqa: E402
@@ -56,7 +57,7 @@ def build_summary(run_dir: Path, demo: bool = False, n_resamples: int = 2000, se
     save_table(table, "comparison_models", run_dir)
     trained = table[table["status"] == "trained"]
     out = {"table": table, "skipped": table[table["status"] == "skipped"][["model", "flags"]].values.tolist()}
-    (run_dir / "tables" / "comparison_models.md").write_text(markdown_table(table))
+    write_text(markdown_table(table), run_dir / "tables" / "comparison_models.md")
     if trained.empty:
         return out
     store = ResultsStore(run_dir)

@@ -1,0 +1,588 @@
+"""Bad inputs, as a new user would try them (issue 12).
+
+Each case asserts: the one-line message (``error: what is wrong — what to do``, nothing after
+it, no traceback), exit code 2, and that nothing the user had (data, reports, an earlier
+output file) changed. Everything runs in-process on small crafted data; where the runner is
+involved, papermill is replaced by a stand-in so no kernel starts. The kinds covered are listed
+in ``KINDS`` at the bottom (and checked to be at least 25).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from busi_study.cli import main, run_all_main
+from busi_study.data.images import read_gray, read_rgb
+from busi_study.data.manifest import scan_dataset
+from busi_study.data.prepare import prepare_data as _prepare_data
+from busi_study.data.store import ProcessedData
+from busi_study.errors import ProvenanceError, StudyError
+from busi_study.report import runner
+
+
+# ---------------------------------------------------------------- helpers
+def prepare_data(source: str, data_dir: Path, progress: bool = False, **data_overrides):
+    """The data path with the default profile's parameters, on ``source``."""
+    import dataclasses
+
+    from busi_study.cli import REPO
+    from busi_study.params import StudyParams
+
+    p = StudyParams.from_profile("default", REPO / "params", {"data_source": source})
+    return _prepare_data(dataclasses.replace(p.data, **data_overrides), p.splits, p.seed, data_dir, progress=progress)
+
+
+def digest(*roots: Path) -> dict[str, str]:
+    """path -> sha256 (or link target) of every file below ``roots``: 'nothing changed' checks."""
+    out = {}
+    for root in roots:
+        root = Path(root)
+        if not root.exists():
+            continue
+        for p in sorted([root, *root.rglob("*")]):
+            if p.is_symlink():
+                out[str(p)] = "-> " + str(p.readlink())
+            elif p.is_file():
+                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def assert_one_line(err: str, *fragments: str) -> str:
+    """Exactly one ``error:`` line, it is the last line, no traceback; return it."""
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1, err[-2000:]
+    assert lines[-1] == errors[0], err[-2000:]
+    assert "Traceback" not in err
+    assert " — " in errors[0], f"no 'what to do' part: {errors[0]}"
+    for f in fragments:
+        assert f in errors[0], (f, errors[0])
+    return errors[0]
+
+
+def cli(capsys, argv, *fragments, entry=main) -> str:
+    code = entry(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    return assert_one_line(err, *fragments)
+
+
+def _png(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+@pytest.fixture()
+def demo_copy(demo_root, tmp_path) -> Path:
+    dst = tmp_path / "src" / "Dataset_BUSI_with_GT"
+    shutil.copytree(demo_root, dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, request):
+    """One real data path on the demo phantoms (module-wide: ~5 s)."""
+    from busi_study.data.demo import make_demo_dataset
+
+    base = tmp_path_factory.mktemp("prepared")
+    root = make_demo_dataset(base / "demo_src", seed=0)
+    data = prepare_data(str(root), base / "data", progress=False)
+    return base, root, data
+
+
+# ---------------------------------------------------------------- data source (check-data)
+def test_missing_path(capsys, tmp_path):
+    cli(capsys, ["check-data", str(tmp_path / "nope"), "--data-dir", str(tmp_path / "d")], "data path not found")
+
+
+def test_plain_file_instead_of_folder(capsys, tmp_path):
+    f = tmp_path / "notes.txt"
+    f.write_text("x")
+    before = digest(tmp_path)
+    cli(capsys, ["check-data", str(f), "--data-dir", str(tmp_path / "d")], "folder or a .zip")
+    assert digest(tmp_path) == before
+
+
+def test_not_a_zip(capsys, tmp_path):
+    z = tmp_path / "busi.zip"
+    z.write_text("not a zip")
+    cli(capsys, ["check-data", str(z), "--data-dir", str(tmp_path / "d")], "not a readable zip")
+
+
+def test_zip_with_a_corrupt_member(capsys, demo_root, tmp_path):
+    z = tmp_path / "busi.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(demo_root.rglob("*.png")):
+            zf.write(f, f"Dataset_BUSI_with_GT/{f.relative_to(demo_root)}")
+        info = zf.infolist()[3]
+    data = bytearray(z.read_bytes())
+    start = info.header_offset + 30 + len(info.filename) + 20  # inside the compressed bytes of one member
+    data[start:start + 40] = bytes(b ^ 0xFF for b in data[start:start + 40])
+    z.write_bytes(bytes(data))
+    before = digest(z)
+    cli(capsys, ["check-data", str(z), "--data-dir", str(tmp_path / "d")], "not a readable zip", "damaged")
+    assert digest(z) == before
+    assert not list((tmp_path / "d" / "raw").glob("*"))  # no half-unpacked folder left behind
+
+
+def test_folder_without_class_folders(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    cli(capsys, ["check-data", str(tmp_path / "empty"), "--data-dir", str(tmp_path / "d")], "no normal/ benign/ malignant/")
+
+
+def test_missing_class_folder(capsys, demo_copy, tmp_path):
+    shutil.rmtree(demo_copy / "malignant")
+    before = digest(demo_copy)
+    cli(capsys, ["check-data", str(demo_copy), "--data-dir", str(tmp_path / "d")], "no malignant/ folder", "all three classes")
+    assert digest(demo_copy) == before
+
+
+def test_class_without_a_usable_image(capsys, demo_copy, tmp_path):
+    for f in (demo_copy / "normal").glob("*.png"):
+        f.write_bytes(b"")
+    cli(capsys, ["check-data", str(demo_copy), "--data-dir", str(tmp_path / "d")], "no usable normal image")
+
+
+def test_dataset_too_small_to_split(capsys, demo_copy, tmp_path):
+    for c in ("normal", "benign", "malignant"):
+        for f in sorted((demo_copy / c).glob("*.png"))[6:]:
+            f.unlink()
+    cli(capsys, ["check-data", str(demo_copy), "--data-dir", str(tmp_path / "d")], "too few images to split", "n_splits")
+
+
+# ---------------------------------------------------------------- files: decoding and naming
+def test_16bit_png_is_scaled_not_clipped(tmp_path, demo_copy):
+    ramp = np.linspace(0, 4095, 64 * 80).reshape(64, 80).astype(np.uint16)  # 12-bit data in a 16-bit PNG
+    path = tmp_path / "x16.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I;16")
+    g = read_gray(path)
+    assert g.min() == 0 and g.max() == 255
+    assert abs(g.mean() / 255 - 0.5) < 0.01  # PIL's convert("L") gives 0.97 (clipped to white)
+    assert (read_rgb(path)[..., 0] == g).all()
+    # in the data check: kept, listed as scaled, and its pixels are the scaled ones
+    target = demo_copy / "benign" / "benign (1).png"
+    w, h = Image.open(target).size
+    Image.fromarray(np.linspace(0, 4095, w * h).reshape(h, w).astype(np.uint16)).save(target)
+    scan = scan_dataset(demo_copy, progress=False)
+    assert "benign/benign (1).png" in set(scan.manifest["path"])
+    note = scan.issues[scan.issues["path"] == "benign/benign (1).png"]
+    assert len(note) == 1 and "scaled" in note["problem"].iloc[0] and note["action"].iloc[0].startswith("kept")
+    assert abs(read_gray(target).mean() / 255 - 0.5) < 0.01
+
+
+def test_float_tiff_is_scaled_from_its_range(tmp_path):
+    arr = np.linspace(-1.0, 3.0, 32 * 32, dtype=np.float32).reshape(32, 32)
+    arr[0, 0] = np.nan
+    path = tmp_path / "xf.tif"
+    Image.fromarray(arr).save(path)
+    g = read_gray(path)
+    assert g[0, 1] == 0 and g.max() == 255 and g[0, 0] == 0
+    unit = tmp_path / "unit.tif"
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(unit)
+    assert (read_gray(unit) == 128).all()  # values in [0, 1] are scaled by 255, not stretched
+
+
+def test_same_stem_files_are_both_left_out_and_listed(capsys, demo_copy, tmp_path):
+    png = demo_copy / "benign" / "benign (2).png"
+    n_before = len(scan_dataset(demo_copy, progress=False).manifest)
+    Image.open(png).save(png.with_suffix(".tif"))
+    scan = scan_dataset(demo_copy, progress=False)
+    assert not scan.manifest["path"].str.startswith("benign/benign (2).").any()
+    listed = scan.issues[scan.issues["problem"].str.startswith("same name as")]
+    assert set(listed["path"]) == {"benign/benign (2).png", "benign/benign (2).tif"}
+    assert len(scan.manifest) == n_before - 1
+    masks = scan.issues[scan.issues["path"].str.startswith("benign/benign (2)_mask")]
+    assert len(masks) and (masks["action"] == "mask ignored").all()
+    # shown in the data check on the console
+    assert main(["check-data", str(demo_copy), "--data-dir", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert "benign/benign (2).tif: same name as benign (2).png" in out
+
+
+# ---------------------------------------------------------------- parameters (run_all.py)
+@pytest.mark.parametrize("argv, fragment", [
+    (["--profile", "nope"], "unknown profile 'nope'"),
+    (["--set", "bogus=1", "--list"], "unknown parameter 'bogus'"),
+    (["--set", "n_splits=five", "--list"], "must be a number"),
+    (["--set", "n_splits", "--list"], "key=value"),
+    (["--only", "99", "--list"], "no notebook matches 99"),
+    (["--data", "/no/such/folder"], "no such file or folder"),
+])
+def test_run_all_parameter_errors(capsys, tmp_path, argv, fragment):
+    cli(capsys, [*argv, "--reports-dir", str(tmp_path / "r")], fragment, entry=run_all_main)
+
+
+def test_broken_profile_file(capsys, tmp_path):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("seed: [1,\n")
+    before = digest(bad)
+    cli(capsys, ["--profile", str(bad), "--list"], "cannot parse", entry=run_all_main)
+    assert digest(bad) == before
+
+
+# ---------------------------------------------------------------- predict
+def test_predict_model_missing(capsys, tmp_path, demo_root):
+    cli(capsys, ["predict", str(demo_root / "benign"), "--model", str(tmp_path / "m.keras")], "model file not found")
+
+
+def test_predict_corrupt_model(capsys, tmp_path, demo_root):
+    m = tmp_path / "m.keras"
+    m.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)
+    before = digest(tmp_path)
+    cli(capsys, ["predict", str(demo_root / "benign"), "--model", str(m)], "cannot load the model", "corrupt")
+    assert digest(tmp_path) == before
+
+
+def test_predict_not_a_keras_file(capsys, tmp_path, demo_root):
+    m = tmp_path / "weights.h5"
+    m.write_bytes(b"\x89HDF\r\n")
+    cli(capsys, ["predict", str(demo_root / "benign"), "--model", str(m)], "not a .keras model file")
+
+
+def test_predict_model_of_another_task(capsys, tmp_path, demo_root):
+    keras = pytest.importorskip("keras")
+    inp = keras.Input((8, 8, 3))
+    model = keras.Model(inp, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inp)))
+    m = tmp_path / "two_class.keras"
+    model.save(m)
+    cli(capsys, ["predict", str(demo_root / "benign"), "--model", str(m)], "not a 3-class image classifier")
+
+
+def test_predict_out_in_a_missing_folder(capsys, tmp_path, demo_root):
+    cli(capsys, ["predict", str(demo_root / "benign"), "--model", str(tmp_path / "m.keras"),
+                 "--out", str(tmp_path / "no" / "such" / "p.csv")], "does not exist")
+    assert not (tmp_path / "no").exists()
+
+
+def test_predict_out_is_a_folder(capsys, tmp_path, demo_root):
+    cli(capsys, ["predict", str(demo_root / "benign"), "--model", str(tmp_path / "m.keras"), "--out", str(tmp_path)],
+        "is a folder")
+
+
+def test_predict_out_in_a_read_only_folder(capsys, monkeypatch, tmp_path, demo_root):
+    import busi_study.predict as pr
+
+    monkeypatch.setattr(pr.os, "access", lambda path, mode: Path(path) != tmp_path)  # as on a read-only mount
+    cli(capsys, ["predict", str(demo_root / "benign"), "--model", str(tmp_path / "m.keras"), "--out", str(tmp_path / "p.csv")],
+        "not writable")
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_predict_no_images(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    cli(capsys, ["predict", str(tmp_path / "empty"), "--model", str(tmp_path / "m.keras")], "no image files found")
+
+
+def _fake_models(monkeypatch):
+    import busi_study.predict as pr
+
+    monkeypatch.setattr(pr, "load_model", lambda path: (object(), {}))
+    monkeypatch.setattr(pr, "predict_ensemble", lambda models, files: pd.DataFrame(
+        {"path": [str(f) for f in files], "p_normal": 0.2, "p_benign": 0.3, "p_malignant": 0.5,
+         "predicted": "malignant", "error": ""}))
+
+
+@pytest.mark.parametrize("code, fragment", [(errno.ENOSPC, "no space left"), (errno.EROFS, "read-only"),
+                                            (errno.EACCES, "permission denied")])
+def test_predict_full_disk_or_read_only_out(capsys, monkeypatch, tmp_path, demo_root, code, fragment):
+    _fake_models(monkeypatch)
+    out = tmp_path / "preds.csv"
+    out.write_text("the user's earlier predictions\n")
+    before = digest(tmp_path)
+
+    def full(self, path, *a, **k):  # the disk fills up half-way through the write
+        Path(path).write_text("path,p_norm")
+        raise OSError(code, "simulated", str(path))
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    cli(capsys, ["predict", str(demo_root / "benign"), "--model", str(tmp_path / "m.keras"), "--out", str(out)], fragment)
+    assert digest(tmp_path) == before  # the earlier file intact, no temporary file left
+
+
+# ---------------------------------------------------------------- file system: reports and data folders
+def test_reports_folder_read_only(capsys, monkeypatch, tmp_path):
+    reports = tmp_path / "reports"
+    real_mkdir = Path.mkdir
+
+    def ro_mkdir(self, *a, **k):
+        if str(self).startswith(str(reports)):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", ro_mkdir)
+    cli(capsys, ["--demo", "--only", "00", "--reports-dir", str(reports), "--data-dir", str(tmp_path / "d")],
+        "read-only", str(reports), entry=run_all_main)
+    assert not reports.exists()
+
+
+def test_reports_folder_full_while_starting_a_run(capsys, monkeypatch, tmp_path, fake_papermill):
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    real = Path.write_text
+
+    def full(self, *a, **k):
+        if self.parent.parent == reports:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    cli(capsys, ["--demo", "--reports-dir", str(reports), "--data-dir", str(tmp_path / "d")], "no space left",
+        entry=run_all_main)
+    assert not (reports / "latest").exists()
+
+
+def test_data_folder_full_during_check_data_keeps_the_earlier_data(capsys, monkeypatch, prepared):
+    base, root, data = prepared
+    before = digest(data.store.folder)
+    import busi_study.data.manifest as mf
+
+    real = Path.write_bytes
+
+    def full(self, blob):
+        if self.name.startswith("splits"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, blob)
+
+    monkeypatch.setattr(mf.Path, "write_bytes", full)
+    cli(capsys, ["check-data", str(root), "--data-dir", str(base / "data")], "no space left")
+    assert digest(data.store.folder) == before  # staged elsewhere: the published folder is untouched
+
+
+def test_programming_errors_keep_their_traceback(monkeypatch, tmp_path):
+    import busi_study.data.prepare as prep
+
+    def bug(*a, **k):
+        return 1 / 0
+
+    monkeypatch.setattr(prep, "prepare_data", bug)
+    with pytest.raises(ZeroDivisionError):
+        main(["check-data", str(tmp_path), "--data-dir", str(tmp_path / "d")])
+
+
+def test_study_error_is_always_one_line():
+    assert str(StudyError("a\nb  c")) == "a b c"
+
+
+# ---------------------------------------------------------------- runner: complete, interrupted, carried, cleaned
+@pytest.fixture()
+def fake_papermill(monkeypatch):
+    """papermill.execute_notebook replaced: copies the notebook, or does what ``plan`` says."""
+    import papermill as pm
+
+    plan: dict[str, object] = {}
+
+    def execute(src, out, parameters=None, **kw):
+        stem = Path(src).stem
+        action = plan.get(stem)
+        if isinstance(action, BaseException):
+            raise action
+        shutil.copy(src, out)
+        if callable(action):
+            action(Path(parameters["report_dir"]))
+
+    monkeypatch.setattr(pm, "execute_notebook", execute)
+    monkeypatch.setattr(runner, "render_html", lambda executed, html, demo: html.parent.mkdir(parents=True, exist_ok=True)
+                        or html.write_text("<html></html>"))
+    return plan
+
+
+def _run(tmp_path, *args) -> int:
+    return run_all_main(["--demo", "--profile", "smoke", "--no-progress", "--reports-dir", str(tmp_path / "reports"),
+                         "--data-dir", str(tmp_path / "data"), *args])
+
+
+def _write_table(report_dir: Path, name="t", value=1.0):
+    from busi_study.report.export import save_table
+
+    save_table(pd.DataFrame({"x": [value]}), name, report_dir)
+
+
+def test_interrupted_run_is_never_built_on(tmp_path, fake_papermill, capsys):
+    fake_papermill["01_eda_intensity"] = _write_table
+    assert _run(tmp_path) == 0
+    good = (tmp_path / "reports" / "latest").resolve()
+    assert runner.is_complete(good)
+    fake_papermill["01_eda_intensity"] = KeyboardInterrupt()
+    assert _run(tmp_path, "--only", "01") == 130
+    runs = sorted(p for p in (tmp_path / "reports").iterdir() if p.name != "latest")
+    bad = runs[-1]
+    assert bad != good and not runner.is_complete(bad) and not (bad / "COMPLETE.json").exists()
+    assert json.loads((bad / "run.json").read_text())["interrupted"] is True
+    assert (tmp_path / "reports" / "latest").resolve() == good
+    capsys.readouterr()
+    fake_papermill.pop("01_eda_intensity")
+    assert _run(tmp_path, "--only", "02") == 0
+    out = capsys.readouterr().out
+    assert f"Building on complete run {good.name}:" in out
+    newest = (tmp_path / "reports" / "latest").resolve()
+    assert json.loads((newest / "run.json").read_text())["partial_of"] == good.name
+    assert f"1 failed or incomplete run(s) kept in {tmp_path / 'reports'}: {bad.name} " in out
+
+
+def test_only_run_links_instead_of_copying_and_leaves_the_earlier_run_unchanged(tmp_path, fake_papermill):
+    fake_papermill["01_eda_intensity"] = _write_table
+    assert _run(tmp_path) == 0
+    good = (tmp_path / "reports" / "latest").resolve()
+    (good / "results" / "m").mkdir(parents=True)
+    (good / "results" / "m" / "fold0.keras").write_bytes(b"\0" * 100_000)
+    before = digest(good)
+    fake_papermill["01_eda_intensity"] = lambda d: _write_table(d, value=2.0)  # rewrites a carried file
+    assert _run(tmp_path, "--only", "01") == 0
+    new = (tmp_path / "reports" / "latest").resolve()
+    assert new != good and digest(good) == before
+    assert (new / "results" / "m" / "fold0.keras").stat().st_ino == (good / "results" / "m" / "fold0.keras").stat().st_ino
+    assert pd.read_csv(new / "tables" / "t.csv")["x"].iloc[0] == 2.0
+    assert not (new / "COMPLETE.json").samefile(good / "COMPLETE.json")
+
+
+def test_clean_failed_removes_failed_and_interrupted_runs_only(tmp_path, fake_papermill, capsys):
+    assert _run(tmp_path) == 0
+    good = (tmp_path / "reports" / "latest").resolve()
+    ref = tmp_path / "reports" / "reference"
+    ref.mkdir()
+    (ref / "comparison_models.csv").write_text("model\n")
+    legacy = tmp_path / "reports" / "20250101T000000Z-smoke-demo"  # finished by the runner before markers existed
+    legacy.mkdir()
+    (legacy / "run.json").write_text(json.dumps({"ok": True, "started_utc": "2025-01-01"}))
+    old_interrupted = tmp_path / "reports" / "20250102T000000Z-smoke-demo"  # old runner, Ctrl-C: RUNNING left behind
+    old_interrupted.mkdir()
+    (old_interrupted / "run.json").write_text(json.dumps({"ok": True, "started_utc": "2025-01-02"}))
+    (old_interrupted / "RUNNING").write_text("started 2025-01-02\n")
+    fake_papermill["00_download"] = KeyboardInterrupt()
+    assert _run(tmp_path) == 130
+    fake_papermill["00_download"] = RuntimeError("boom")
+    assert _run(tmp_path) == 1
+    assert len(runner.failed_runs(tmp_path / "reports")) == 3
+    before = digest(good, ref, legacy)
+    assert _run(tmp_path, "--clean-failed") == 0
+    out = capsys.readouterr().out
+    assert "3 failed or incomplete run(s) removed" in out and not old_interrupted.exists()
+    assert runner.failed_runs(tmp_path / "reports") == []
+    assert digest(good, ref, legacy) == before and (tmp_path / "reports" / "latest").resolve() == good
+
+
+def test_console_shows_the_data_check(tmp_path, fake_papermill, capsys, prepared):
+    _, _, data = prepared
+    summary = {**data.summary, "warnings": ["unexpected counts: normal: 12 images, BUSI has 133"]}
+
+    def download(report_dir):
+        (report_dir / "data_summary.json").write_text(json.dumps(summary))
+
+    fake_papermill["00_download"] = download
+    assert _run(tmp_path) == 0
+    out = capsys.readouterr().out
+    n = len(runner.discover_notebooks(Path(runner.__file__).resolve().parents[3] / "notebooks"))
+    after_00 = out[out.index(f"[1/{n}] 00_download"):out.index(f"[2/{n}]")]
+    assert "data: 46 images" in after_00 and "WARNING: unexpected counts" in after_00
+    assert out.rstrip().splitlines()[-2].startswith("WARNING: unexpected counts")  # again at the end of the run
+
+
+# ---------------------------------------------------------------- provenance: data and splits of this run
+def _report_with(tmp_path: Path, summary: dict) -> Path:
+    rep = tmp_path / "report"
+    rep.mkdir(exist_ok=True)
+    (rep / "data_summary.json").write_text(json.dumps(summary))
+    return rep
+
+
+def test_report_without_data(tmp_path):
+    with pytest.raises(ProvenanceError, match="run notebooks/00_download first"):
+        ProcessedData.of_run(tmp_path)
+
+
+def test_two_datasets_never_share_a_processed_folder(prepared, tmp_path):
+    base, root, data_a = prepared
+    other = tmp_path / "b" / "Dataset_BUSI_with_GT"
+    shutil.copytree(root, other)
+    (other / "benign" / "benign (3).png").unlink()
+    data_b = prepare_data(str(other), base / "data", progress=False)
+    assert data_b.store.folder != data_a.store.folder
+    rep = _report_with(tmp_path, data_a.summary)
+    store = ProcessedData.of_run(rep)  # dataset A's report still reads dataset A
+    assert store.folder == data_a.store.folder and len(store.read("manifest")) == data_a.summary["n_images"]
+    regrouped = prepare_data(str(root), base / "data", phash_threshold=4, progress=False)
+    assert regrouped.store.folder != data_a.store.folder  # other grouping parameters: another folder
+
+
+def test_changed_splits_are_a_one_line_error_naming_both(prepared, tmp_path):
+    _, _, data = prepared
+    rep = _report_with(tmp_path, {**data.summary, "splits_sha256": "f" * 64})
+    with pytest.raises(ProvenanceError, match=r"splits ffffffffffff.*--from 00") as e:
+        ProcessedData.of_run(rep)
+    assert data.summary["splits_sha256"][:12] in str(e.value) and "\n" not in str(e.value)
+
+
+def test_carried_results_of_other_splits_are_refused(prepared, tmp_path):
+    _, _, data = prepared
+    rep = _report_with(tmp_path, data.summary)
+    res = rep / "results" / "s2_cnn"
+    res.mkdir(parents=True)
+    (res / "metrics.json").write_text(json.dumps({"data_manifest_sha256": data.summary["manifest_sha256"],
+                                                  "data_splits_sha256": "0" * 64}))
+    with pytest.raises(ProvenanceError, match=r"results/s2_cnn were made from .* splits 000000000000 .* --from 02"):
+        ProcessedData.of_run(rep)
+    (res / "metrics.json").write_text(json.dumps({"data_manifest_sha256": data.summary["manifest_sha256"],
+                                                  "data_splits_sha256": data.summary["splits_sha256"]}))
+    assert ProcessedData.of_run(rep).folder == data.store.folder
+
+
+def test_runner_refuses_a_report_mixing_data(tmp_path, fake_papermill, capsys, prepared, monkeypatch):
+    """--only 00 with new split parameters next to carried model results: the run fails, latest stays."""
+    _, _, data = prepared
+
+    def download(report_dir):
+        (report_dir / "data_summary.json").write_text(json.dumps(data.summary))
+
+    def model(report_dir):
+        res = report_dir / "results" / "s2_cnn"
+        res.mkdir(parents=True, exist_ok=True)
+        (res / "metrics.json").write_text(json.dumps({"data_manifest_sha256": data.summary["manifest_sha256"],
+                                                      "data_splits_sha256": "1" * 64}))
+
+    fake_papermill["00_download"] = download
+    fake_papermill["02_baseline_cnn"] = model
+    monkeypatch.setattr(runner, "_model_summary", lambda *a, **k: None)
+    assert _run(tmp_path) == 1
+    err = capsys.readouterr().err
+    assert "ProvenanceError: results/s2_cnn were made from" in err
+    assert not (tmp_path / "reports" / "latest").exists()
+
+
+KINDS = [
+    "data: missing path", "data: plain file", "data: not a zip", "data: zip with a corrupt member",
+    "data: no class folders", "data: a missing class folder", "data: a class without usable images",
+    "data: too small to split", "file: 16-bit PNG", "file: float TIFF (NaN, out-of-[0,1] range)",
+    "file: same-stem x.png + x.tif", "param: unknown profile", "param: unknown key", "param: wrong type",
+    "param: malformed --set", "param: unknown notebook", "param: --data missing", "param: broken profile YAML",
+    "predict: model missing", "predict: corrupt model", "predict: not a .keras file", "predict: model of another task",
+    "predict: --out in a missing folder", "predict: --out is a folder", "predict: --out folder read-only",
+    "predict: no images",
+    "fs: full disk writing --out", "fs: read-only --out", "fs: no permission for --out", "fs: read-only reports folder",
+    "fs: full disk starting a run", "fs: full disk during check-data", "runner: interrupted run",
+    "runner: --only links, earlier run unchanged", "runner: --clean-failed", "provenance: report without data",
+    "provenance: two datasets", "provenance: changed splits", "provenance: results of other splits",
+    "provenance: --only 00 with new splits beside old results", "runner: legacy runs kept by --clean-failed",
+]
+
+
+def test_at_least_25_kinds():
+    assert len(KINDS) >= 25
+
+
+def test_runner_environment_for_deterministic_kernels_respects_user_values():
+    from busi_study.models.determinism import ENVIRONMENT, export_environment
+
+    env = {"PYTHONHASHSEED": "123"}
+    got = export_environment(env)
+    assert got["PYTHONHASHSEED"] == "123" and got["TF_DETERMINISTIC_OPS"] == ENVIRONMENT["TF_DETERMINISTIC_OPS"] == "1"
