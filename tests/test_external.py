@@ -192,7 +192,9 @@ def test_busi_cv_table_and_drop_and_paired_and_subgroups():
                        n_resamples=100)
     assert set(sub["subgroup"]) == {"odd", "even"} and sub["n"].sum() == lesion.sum()
     one_class = subgroup_auc(np.full(5, 1), np.arange(5.0), np.arange(5), ["x"] * 5, n_resamples=10)
-    assert np.isnan(one_class["auc"].iloc[0])
+    assert np.isnan(one_class["auc"].iloc[0]) and one_class["note"].iloc[0] == "no AUC: one class only"
+    few = subgroup_auc(np.r_[np.full(6, 1), 2], np.arange(7.0), np.arange(7), ["x"] * 7, n_resamples=10)
+    assert few["note"].iloc[0] == "unstable: only 1 of one class"
 
 
 # ---------------------------------------------------------------- evaluate command
@@ -325,3 +327,24 @@ def test_front_page_readme_and_reference_check(tmp_path):
     assert not worse.loc["external_auc", "inside"]
     (run / "external_summary.json").write_text(json.dumps({"skipped": "no external data given. Get it from TCIA"}))
     assert "skipped" in _external_section(run) and "TCIA" in _external_section(run)
+
+
+def test_clinical_table_from_the_release_xlsx(tmp_path):
+    pytest.importorskip("openpyxl")
+    from busi_study.data.breast import read_clinical
+
+    root = make_demo_external(tmp_path, {"normal": 1, "benign": 2, "malignant": 2})
+    table = pd.read_csv(root / "clinical.csv")
+    (root / "clinical.csv").unlink()
+    with pd.ExcelWriter(root / "BrEaST-Lesions-USG-clinical-data-Dec-15-2023.xlsx") as xl:
+        table.to_excel(xl, sheet_name="BrEaST-Lesions-USG clinical dat", index=False)
+        pd.DataFrame({"Column": ["CaseID"], "Description": ["id"]}).to_excel(xl, sheet_name="Data Dictionary", index=False)
+    t = read_clinical(root)
+    assert t.attrs["source"].endswith(".xlsx") and list(t["Classification"]) == list(table["Classification"])
+    d = scan_external(locate(root), progress=False)
+    assert len(d.table) == 5 and d.issues.empty and not d.summary["clinical_xlsx_identical"]
+    (root / "BrEaST-Lesions-USG-clinical-data-Dec-15-2023.xlsx").unlink()
+    from busi_study.errors import DataSourceError
+
+    with pytest.raises(DataSourceError, match="no clinical table"):
+        read_clinical(root)

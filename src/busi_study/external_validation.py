@@ -163,7 +163,7 @@ def subgroups(res: ExternalResults, n_resamples: int = 2000, seed: int = 0) -> p
                              "malignant", n_resamples, seed)
             parts.append(t.assign(model=name, by=by).sort_values("subgroup"))
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    return out[["model", "by", "subgroup", "n", "n_positive", "n_negative", "auc", "ci_low", "ci_high"]] if len(out) else out
+    return out[["model", "by", "subgroup", "n", "n_positive", "n_negative", "auc", "ci_low", "ci_high", "note"]] if len(out) else out
 
 
 def paired(res: ExternalResults, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:

@@ -27,6 +27,8 @@ from .calibration import apply_temperature, ece_batch, fit_temperature, logits_f
 from .metrics import ECE_BINS, _safe_div, auc_batch, operating_points
 
 PROBA = [f"p_{c}" for c in CLASSES]
+#: Fewer images of either class than this in a subgroup: its AUC is flagged as unstable.
+MIN_PER_CLASS = 5
 #: Metric names, in table order.
 METRICS = ("auc", "auc_ratio_score", "log_loss", "log_loss_T", "ece", "ece_T")
 
@@ -243,8 +245,11 @@ def subgroup_auc(y: np.ndarray, score: np.ndarray, groups: np.ndarray, subgroup:
         boot = auc_batch(score[at], pos, ~pos, w)
         boot = boot[~np.isnan(boot)]
         lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2]) if boot.size and not np.isnan(value) else (np.nan, np.nan)
+        small = min(int(pos.sum()), int((~pos).sum()))
         rows.append({"subgroup": name, "n": int(at.sum()), "n_positive": int(pos.sum()), "n_negative": int((~pos).sum()),
-                     "auc": value, "ci_low": float(lo), "ci_high": float(hi)})
+                     "auc": value, "ci_low": float(lo), "ci_high": float(hi),
+                     "note": "no AUC: one class only" if small == 0 else
+                     f"unstable: only {small} of one class" if small < MIN_PER_CLASS else ""})
     return pd.DataFrame(rows)
 
 

@@ -143,7 +143,8 @@ def _external_markdown(ref_dir: Path) -> list[str]:
     t = pd.read_csv(csv)
     metrics = [("auc", "AUC"), ("sensitivity_spec90", "sens @ spec90 thr."), ("specificity_spec90", "spec @ spec90 thr."),
                ("log_loss", "log loss"), ("log_loss_T", "log loss, BUSI T"), ("ece", "ECE"), ("ece_T", "ECE, BUSI T")]
-    out = [f"External validation on BrEaST-Lesions_USG (testing only; benign vs malignant on {summary.get('n_lesions')} lesion "
+    out = [f"External validation on BrEaST-Lesions_USG (run `{summary.get('run', '?')}`; testing only; benign vs malignant on "
+           f"{summary.get('n_lesions')} lesion "
            f"images, {summary.get('n_malignant')} malignant, score p_malignant; thresholds and temperature from BUSI validation "
            "predictions; 95 % bootstrap CI over patients; BUSI CV value and drop in the second line of each cell):", "",
            "| model | " + " | ".join(label for _, label in metrics) + " |", "|---|" + "---|" * len(metrics)]
