@@ -208,7 +208,7 @@ def _tools(argv: list[str] | None) -> int:
         import os
 
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        from .external import main as evaluate_main
+        from .evaluate_folder import main as evaluate_main
 
         return evaluate_main(args)
     if args.cmd == "predict":

@@ -1,7 +1,7 @@
 """External validation of a run's final models on BrEaST-Lesions_USG (notebook 08, PROTOCOL.md §9).
 
 Every exported final model (``reports/<run>/models/<name>.keras``, trained on all of BUSI) is
-evaluated with :mod:`busi_study.external` — the code behind ``python -m busi_study evaluate`` —
+evaluated with :mod:`busi_study.evaluate_folder` — the code behind ``python -m busi_study evaluate`` —
 on the external images, with its temperature and thresholds fixed beforehand from the BUSI run's
 validation predictions (:func:`~busi_study.evaluation.external.settings_from_validation`). The
 same metrics on the BUSI out-of-fold predictions (each fold's settings from its own validation
@@ -20,9 +20,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from .data.breast import ExternalData
+from .evaluate_folder import FolderEvaluation, LabelledFolder, evaluate_model
 from .evaluation.bootstrap import resample_weights
 from .evaluation.external import busi_cv_table, paired_auc_difference, settings_from_validation, subgroup_auc, with_drop
-from .external import FolderEvaluation, LabelledFolder, evaluate_model
 from .results import RECORD, TABLES, ResultsStore
 
 #: Metrics of the headline table, in order, with the label a reader sees.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..info import CLASSES
+from ..info import PROBA_COLUMNS
 from .bootstrap import paired_bootstrap_difference
 from .evaluate import Evaluation, arrays
 
@@ -34,7 +34,7 @@ BINARY_METRICS = {
     "log_loss": "log_loss",
     "ece": "ece",
 }
-PROBA = [f"p_{c}" for c in CLASSES]
+PROBA = PROBA_COLUMNS
 
 
 def binary_table(ev: Evaluation) -> pd.DataFrame:

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..info import CLASS_INDEX, CLASSES
+from ..info import CLASS_INDEX, CLASSES, PROBA_COLUMNS
 from .bootstrap import CHUNK, resample_weights
 from .calibration import apply_temperature, ece_batch, fit_temperature, logits_from_proba
 from .metrics import ECE_BINS, _safe_div, auc_batch, operating_points
 
-PROBA = [f"p_{c}" for c in CLASSES]
+PROBA = PROBA_COLUMNS
 #: Fewer images of either class than this in a subgroup: its AUC is flagged as unstable.
 MIN_PER_CLASS = 5
 #: Metric names, in table order.

@@ -36,7 +36,7 @@ from ..data.arrays import labels_and_groups, load_image_array
 from ..data.augmented_split import augmented_pool, leak_counts, random_split, views_needed
 from ..data.store import ProcessedData, sha256_of
 from ..evaluation.metrics import classification_metrics
-from ..info import CLASSES
+from ..info import PROBA_COLUMNS
 from ..params import AugmentParams, ModelParams, S4Params
 from .augment import AugmentConfig, views_batch
 from .features import cache_key
@@ -45,7 +45,6 @@ from .registry import build_backbone, feature_tensors, get_spec
 from .training import TrainConfig, TrainResult, train
 
 LESION_CLASSES = ("benign", "malignant")
-PROBA_COLUMNS = [f"p_{c}" for c in CLASSES]
 
 
 @dataclass(frozen=True)
