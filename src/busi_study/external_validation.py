@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .data.breast import ExternalData
 from .evaluate_folder import FolderEvaluation, LabelledFolder, evaluate_model
-from .evaluation.bootstrap import resample_weights
+from .evaluation.bootstrap import bootstrap_mean_ci, resample_weights
 from .evaluation.external import busi_cv_table, paired_auc_difference, settings_from_validation, subgroup_auc, with_drop
 from .results import RECORD, TABLES, ResultsStore
 
@@ -237,12 +237,7 @@ def summarise_pointing(loc: pd.DataFrame, model: str, n_resamples: int = 2000, s
                                  ("baseline_pointing_hit", "pointing_hit", "centred Gaussian baseline"),
                                  ("energy_inside", "energy_inside", "Grad-CAM (predicted class)"),
                                  ("baseline_energy_inside", "energy_inside", "centred Gaussian baseline")):
-            v = d[col].to_numpy(dtype=float)
-            ok = np.isfinite(v)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                boot = (w[:, ok] * v[ok]).sum(axis=1) / w[:, ok].sum(axis=1)
-            boot = boot[np.isfinite(boot)]
-            lo, hi = np.percentile(boot, [2.5, 97.5]) if boot.size else (np.nan, np.nan)
-            rows.append({"model": model, "subset": subset, "measure": measure, "map": mp, "n": int(ok.sum()),
-                         "value": float(v[ok].mean()) if ok.any() else np.nan, "ci_low": float(lo), "ci_high": float(hi)})
+            n, value, lo, hi = bootstrap_mean_ci(w, d[col].to_numpy(dtype=float))
+            rows.append({"model": model, "subset": subset, "measure": measure, "map": mp, "n": n,
+                         "value": value, "ci_low": lo, "ci_high": hi})
     return pd.DataFrame(rows)

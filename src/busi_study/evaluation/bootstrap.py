@@ -187,3 +187,15 @@ def paired_bootstrap_difference(y_true: np.ndarray, proba_a: np.ndarray, proba_b
     df.attrs.update(n_resamples=n_resamples, seed=seed, alpha=alpha, n_images=int(y.size),
                     n_groups=int(np.unique(g).size), method="paired group bootstrap, percentile interval")
     return df
+
+
+def bootstrap_mean_ci(weights: np.ndarray, values: np.ndarray) -> tuple[int, float, float, float]:
+    """Mean of ``values`` (non-finite entries left out) with a 95 % percentile CI from resample
+    ``weights`` (n_resamples, n) of :func:`resample_weights`. Returns (n used, mean, ci_low, ci_high)."""
+    v = np.asarray(values, dtype=float)
+    ok = np.isfinite(v)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot = (weights[:, ok] * v[ok]).sum(axis=1) / weights[:, ok].sum(axis=1)
+    boot = boot[np.isfinite(boot)]
+    lo, hi = np.percentile(boot, [2.5, 97.5]) if boot.size else (np.nan, np.nan)
+    return int(ok.sum()), float(v[ok].mean()) if ok.any() else np.nan, float(lo), float(hi)

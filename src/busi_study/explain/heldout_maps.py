@@ -17,7 +17,7 @@ from tqdm import tqdm
 from ..data.arrays import labels_and_groups, load_image_array
 from ..data.images import mask_paths, merged_mask
 from ..data.store import ProcessedData
-from ..evaluation.bootstrap import resample_weights
+from ..evaluation.bootstrap import bootstrap_mean_ci, resample_weights
 from ..info import CLASS_INDEX
 from ..results import ModelResults
 from .gradcam import gradcam, upsample
@@ -154,14 +154,9 @@ def summarise(loc: pd.DataFrame, model: str, n_resamples: int = 2000, seed: int 
         for m in MEASURES:
             for tag, col in (("Grad-CAM (predicted class)", m), ("Grad-CAM (true class)", f"{m}_true"),
                              ("centred Gaussian baseline", f"baseline_{m}")):
-                v = d[col].to_numpy(dtype=float)
-                ok = np.isfinite(v)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    boot = (w[:, ok] * v[ok]).sum(axis=1) / w[:, ok].sum(axis=1)
-                boot = boot[np.isfinite(boot)]
-                lo, hi = np.percentile(boot, [2.5, 97.5]) if boot.size else (np.nan, np.nan)
-                rows.append({"model": model, "subset": subset, "measure": m, "map": tag, "n": int(ok.sum()),
-                             "value": float(v[ok].mean()) if ok.any() else np.nan, "ci_low": lo, "ci_high": hi})
+                n, value, lo, hi = bootstrap_mean_ci(w, d[col].to_numpy(dtype=float))
+                rows.append({"model": model, "subset": subset, "measure": m, "map": tag, "n": n,
+                             "value": value, "ci_low": lo, "ci_high": hi})
     return pd.DataFrame(rows)
 
 
