@@ -32,6 +32,11 @@ TABLES = {
     "pooled": "metrics_pooled.csv",         # pooled metrics with CIs
     "per_fold": "metrics_per_fold.csv",     # metrics per fold
     "binary": "metrics_binary.csv",         # benign-vs-malignant metrics with CIs (binary models)
+    "boxes": "crop_boxes.csv",              # crop pipeline: per fold and image, the box its crop was cut from
+    "margins": "crop_margins.csv",          # crop pipeline: validation scores of each margin tried
+    "per_image": "segmentation_per_image.csv",  # segmenter: Dice / IoU / areas per out-of-fold image
+    "summary": "segmentation_summary.csv",  # segmenter: means with CIs
+    "shortcut": "segmentation_shortcut.csv",  # segmenter: region found vs class
 }
 
 
@@ -72,6 +77,11 @@ class ResultsStore:
         self.report_dir = Path(report_dir)
         self.root = self.report_dir / folder
         self.models_dir = self.report_dir / "models"
+
+    @property
+    def segmentation(self) -> ResultsStore:
+        """Lesion segmenters (notebook 05): ``results_segmentation/<model>/``, measures per image and summary."""
+        return ResultsStore(self.report_dir, "results_segmentation")
 
     @property
     def binary(self) -> ResultsStore:
@@ -116,7 +126,8 @@ class ResultsStore:
 
     # ---------- reading ----------
     def trained_names(self) -> list[str]:
-        return sorted(d.name for d in self.root.glob("*") if (d / RECORD).exists() and (d / TABLES["oof"]).exists())
+        return sorted(d.name for d in self.root.glob("*") if (d / RECORD).exists()
+                      and ((d / TABLES["oof"]).exists() or (d / TABLES["per_image"]).exists()))
 
     def skipped(self) -> dict[str, dict]:
         """Skipped models: name → SKIPPED.json (reason, recipe)."""
