@@ -281,3 +281,74 @@ def test_explanations_of_a_crop_model_are_pasted_into_the_box(tmp_path, demo_sto
     assert inputs.images(0).shape == (len(ids), 16, 16, 3)
     out = inputs.to_image(np.ones((1, 4, 4), np.float32), 0, ids[:1], [(10, 20)])[0]
     assert out.shape == (10, 20) and out[5:, :10].min() == 1 and out[:5].max() == 0 and out[:, 10:].max() == 0
+
+
+# ---------------------------------------------------------------- lesion-aware candidates
+def cand(kind, **kw):
+    from busi_study.models.lesion_aware import CandidateRecipe
+
+    base = dict(name=f"t-{kind}", kind=kind, backbone="mobilenet_v2", input_size=64, crop_size=64,
+                train=TrainConfig(epochs=3, batch_size=16, patience=2), backbone_kwargs={"alpha": 0.35}, weights=weights())
+    base.update(kw)
+    return CandidateRecipe(**base)
+
+
+def test_attention_candidate_learns_its_map_from_the_masks(demo_store):
+    from busi_study.models.lesion_aware import CandidateExperiment, frozen_top, masks_at
+
+    whole, _, _ = frozen_top(demo_store, "mobilenet_v2", {"alpha": 0.35}, weights(), 256)  # an 8 x 8 feature grid
+    masks = masks_at(demo_store, 256, whole.shape[1])
+    table = arrays.labels_and_groups(demo_store)
+    idx = np.arange(len(table))
+    strong = CandidateExperiment(cand("attention", input_size=256, attention_weight=5.0,
+                                      train=TrainConfig(epochs=30, batch_size=8, patience=None, learning_rate=1e-2)),
+                                 table, whole, masks, None, progress=False)
+    fm = strong.fit(idx, None, 1, epochs=[30])
+    att = np.asarray(fm.model.predict(whole, verbose=0)[1])
+    lesion = masks.sum(1) > 0
+    inside = (att * masks).sum(1) / np.maximum(masks.sum(1), 1e-6)
+    outside = (att * (1 - masks)).sum(1) / (1 - masks).sum(1)
+    assert inside[lesion].mean() > outside[lesion].mean() + 0.1  # the map points at the lesion
+
+
+def test_candidates_are_chosen_on_validation_and_only_the_chosen_one_is_written(seg_cv, demo_store, tmp_path):
+    from busi_study.models import s1_study
+    from busi_study.models.s1_study import CropRun
+    from busi_study.results import ResultsStore
+
+    ex, cv = seg_cv
+    source = lp.CropSource(ex, cv, lp.load_originals(demo_store), list(range(5)))
+    crop = CropRun(run=None, margin=0.25, source=source)
+    p = StudyParams.from_profile("smoke", REPO / "params", {"data_source": "demo", "s0_input_size": 64,
+                                                            "s1_hires_size": 256, "mobilenet_alpha": 0.35,
+                                                            "weights": weights(), "s1_seeds": [42, 43]})
+    results = ResultsStore(tmp_path / "run")
+    search = s1_study.run_candidates(p.s1, p.s0, p.models, crop, demo_store, results, seed=42, bootstrap=p.bootstrap)
+    t = search.table
+    assert set(t["kind"]) == {"attention", "two_stream", "two_stream_hires"} and t["chosen"].sum() == 1
+    assert t.loc[t["chosen"], "val_log_loss"].iloc[0] == t["val_log_loss"].min()
+    assert results.trained_names() == [search.chosen.name]
+    rec = results.load(search.chosen.name).record
+    assert len(rec["candidate_search"]) == 3 and "inner-validation" in rec["choice"]
+    per_seed, summary = s1_study.seed_comparison(search, p.s1, p.s0, p.models, p.augment, crop, demo_store, split_seed=42,
+                                                 bootstrap=p.bootstrap, progress=False)
+    assert sorted(per_seed["seed"].unique()) == [42, 43] and set(summary["n_seeds"]) == {2}
+    assert {"accuracy", "macro_auc", "benign_vs_malignant_auc"} == set(summary["metric"])
+
+
+def test_exported_attention_model_predicts_and_explains(demo_store, tmp_path):
+    from busi_study.explain.gradcam import gradcam
+    from busi_study.models.lesion_aware import CandidateExperiment, export_classifier, frozen_top, masks_at
+
+    r = cand("attention")
+    whole, pre, bb = frozen_top(demo_store, "mobilenet_v2", {"alpha": 0.35}, weights(), 64)
+    ex = CandidateExperiment(r, arrays.labels_and_groups(demo_store), whole, masks_at(demo_store, 64, whole.shape[1]), None,
+                             progress=False)
+    fm = ex.fit(np.arange(20), None, 1, epochs=[1])
+    model = export_classifier(r, fm.head, pre, bb)
+    model.save(tmp_path / "a.keras")
+    loaded, _ = load_model(tmp_path / "a.keras")
+    x = arrays.load_image_array(demo_store, 64, progress=False)[:3].astype(np.float32)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), ex.predict(fm, np.arange(3)), atol=1e-4)
+    maps = gradcam(loaded, x, np.array([0, 1, 2]), r.gradcam_layer())
+    assert np.asarray(maps).shape[0] == 3

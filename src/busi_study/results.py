@@ -103,6 +103,13 @@ class ResultsStore:
         self.models_dir.mkdir(parents=True, exist_ok=True)
         return self.models_dir / f"{name}.keras"
 
+    def exported_models(self) -> list[Path]:
+        """The exported final models (``models/<name>.keras``); a crop pipeline's segmenter
+        (``<name>.segmenter.keras``) is part of its model, not a model of its own."""
+        if not self.models_dir.is_dir():
+            return []
+        return sorted(p for p in self.models_dir.glob("*.keras") if not p.name.endswith(".segmenter.keras"))
+
     def write_skipped(self, name: str, record: dict) -> Path:
         d = self.model_dir(name)
         d.mkdir(parents=True, exist_ok=True)

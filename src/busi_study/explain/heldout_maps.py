@@ -64,17 +64,10 @@ class ModelInputs:
         """Maps on the inputs → maps of the original images' shapes (pasted into the crop box)."""
         if self.boxes is None:
             return upsample(maps, shapes)
-        from ..models.lesion_pipeline import BOX_COLUMNS
+        from ..models.lesion_pipeline import BOX_COLUMNS, paste
 
-        out = []
-        for m, i, (h, w) in zip(maps, ids, shapes):
-            y0, y1, x0, x1 = self.boxes.loc[(int(fold), i), list(BOX_COLUMNS)].to_numpy()
-            r0, c0 = int(np.floor(y0 * h)), int(np.floor(x0 * w))
-            r1, c1 = max(int(np.ceil(y1 * h)), r0 + 1), max(int(np.ceil(x1 * w)), c0 + 1)
-            canvas = np.zeros((h, w), np.float32)
-            canvas[r0:r1, c0:c1] = upsample(np.asarray(m), (r1 - r0, c1 - c0))
-            out.append(canvas)
-        return out
+        return [paste(m, self.boxes.loc[(int(fold), i), list(BOX_COLUMNS)].to_numpy(), shape)
+                for m, i, shape in zip(maps, ids, shapes)]
 
 
 def model_gradcam_layer(model: ModelResults) -> str | None:

@@ -48,7 +48,7 @@ class CandidateRecipe:
     backbone_kwargs: dict[str, Any] | None = None
     weights: str | None = "imagenet"
     source_study: str = "ours"
-    kind_label: str = ""
+    preprocessing: str = "none"
 
     def __post_init__(self) -> None:
         if self.kind not in CANDIDATES:
@@ -80,7 +80,7 @@ class CandidateRecipe:
 
 # ---------------------------------------------------------------- heads
 def attention_head(feature_shape: tuple[int, ...], dropout: float, n_classes: int = len(PROBA_COLUMNS)):
-    """F → (probabilities, attention map a in [0, 1] of F's spatial size)."""
+    """F → (probabilities, attention map a in [0, 1] of F's spatial size, flattened to h·w)."""
     import keras
     from keras import layers
 
@@ -92,7 +92,8 @@ def attention_head(feature_shape: tuple[int, ...], dropout: float, n_classes: in
     x = layers.Concatenate(name="att_concat")([pooled, layers.GlobalAveragePooling2D(name="gap")(f)])
     x = layers.Dropout(dropout, name="dropout")(x)
     p = layers.Dense(n_classes, activation="softmax", name="probs")(x)
-    return keras.Model(f, [p, a], name="attention_head")
+    flat = layers.Reshape((int(feature_shape[0]) * int(feature_shape[1]),), name="attention_map")(a)
+    return keras.Model(f, [p, flat], name="attention_head")
 
 
 def two_stream_head(dim_whole: int, dim_crop: int, dropout: float, n_classes: int = len(PROBA_COLUMNS)):
@@ -160,10 +161,12 @@ class CandidateExperiment:
             sw = None if cw is None else np.array([cw[int(c)] for c in self.y[idx]], np.float32)
             h = head.fit(self._inputs(idx), targets(idx), batch_size=cfg.batch_size, epochs=1, shuffle=False, verbose=0,
                          sample_weight=sw)
-            row = {"epoch": epoch, "loss": float(h.history["loss"][0])}
+            acc = float((self._probs(head, train_idx).argmax(1) == self.y[train_idx]).mean())  # in inference mode
+            row = {"epoch": epoch, "loss": float(h.history["loss"][0]), "accuracy": acc}
             if val_idx is not None and len(val_idx):
                 p = self._probs(head, val_idx)
                 row["val_loss"] = float(-np.mean(np.log(np.clip(p[np.arange(len(val_idx)), self.y[val_idx]], 1e-7, 1))))
+                row["val_accuracy"] = float((p.argmax(1) == self.y[val_idx]).mean())
             row["seconds"] = round(time.perf_counter() - t0, 2)
             rows.append(row)
             if val_idx is None or not len(val_idx):
@@ -190,9 +193,9 @@ class CandidateExperiment:
 
 
 def masks_at(store: ProcessedData, size: int, grid: int) -> np.ndarray:
-    """Lesion masks averaged to the feature grid: float32 (n, grid, grid, 1) in [0, 1] (the attention targets)."""
+    """Lesion masks averaged to the feature grid, flattened: float32 (n, grid·grid) in [0, 1] (the attention targets)."""
     m = load_mask_array(store, size, progress=False).astype(np.float32)
-    return np.stack([cv2.resize(x, (grid, grid), interpolation=cv2.INTER_AREA) for x in m])[..., None]
+    return np.stack([cv2.resize(x, (grid, grid), interpolation=cv2.INTER_AREA).reshape(-1) for x in m])
 
 
 def candidate_cv(recipe: CandidateRecipe, store: ProcessedData, splits: pd.DataFrame, *, seed: int, source=None,

@@ -57,10 +57,23 @@ def boxes_of(maps: np.ndarray, threshold: float, min_area: float, margin: float)
 
 def crop(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
     """The relative ``box`` of an (H, W, 3) image, resized to size × size (INTER_AREA), uint8."""
-    h, w = image.shape[:2]
-    y0, y1 = int(np.floor(box[0] * h)), max(int(np.ceil(box[1] * h)), int(np.floor(box[0] * h)) + 1)
-    x0, x1 = int(np.floor(box[2] * w)), max(int(np.ceil(box[3] * w)), int(np.floor(box[2] * w)) + 1)
+    y0, y1, x0, x1 = box_pixels(box, image.shape)
     return cv2.resize(np.ascontiguousarray(image[y0:y1, x0:x1]), (size, size), interpolation=cv2.INTER_AREA)
+
+
+def box_pixels(box: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A relative box as pixel rows / columns (r0, r1, c0, c1) of an image of ``shape``, as :func:`crop` cuts it."""
+    h, w = shape[:2]
+    r0, c0 = int(np.floor(box[0] * h)), int(np.floor(box[2] * w))
+    return r0, max(int(np.ceil(box[1] * h)), r0 + 1), c0, max(int(np.ceil(box[3] * w)), c0 + 1)
+
+
+def paste(crop_map: np.ndarray, box: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A map computed on a crop, resized into the crop's box of a zero map of ``shape`` (H, W)."""
+    r0, r1, c0, c1 = box_pixels(box, shape)
+    out = np.zeros(shape[:2], np.float32)
+    out[r0:r1, c0:c1] = cv2.resize(np.asarray(crop_map, np.float32), (c1 - c0, r1 - r0), interpolation=cv2.INTER_LINEAR)
+    return out
 
 
 def load_originals(store: ProcessedData, preprocessing: str = "none") -> list[np.ndarray]:

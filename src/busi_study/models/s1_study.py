@@ -22,7 +22,8 @@ from ..evaluation.evaluate import Evaluation, arrays, evaluate
 from ..params import BootstrapParams, ModelParams, S0Params, S1Params
 from ..results import ResultsStore
 from .experiment import CVResult, Experiment
-from .lesion_pipeline import CropSource, boxes_of, choose_margin, crop, crop_cv, load_originals
+from .lesion_aware import CandidateRecipe
+from .lesion_pipeline import CropSource, boxes_of, choose_margin, crop, crop_cv, load_originals, val_log_loss
 from .model_run import ModelRun, check_weights, data_hashes, final_epochs, model_card, write_results
 from .recipes import Recipe, augment_config, backbone_kwargs, s0_recipe, train_config
 from .registry import get_spec, weights_available
@@ -160,6 +161,7 @@ class CropRun:
     margin: float | None = None
     margins: pd.DataFrame | None = None
     boxes: pd.DataFrame | None = None
+    source: CropSource | None = None
 
 
 def run_crop_classifier(s1: S1Params, s0: S0Params, models: ModelParams, augment, seg: SegRun, store: ProcessedData,
@@ -211,7 +213,7 @@ def run_crop_classifier(s1: S1Params, s0: S0Params, models: ModelParams, augment
             run.timing["final_model_s"] = round(time.perf_counter() - t0, 1)
         write_results(run, store, results, seed=seed, models=models, bootstrap=bootstrap,
                       extra={"pipeline": pipeline}, extra_tables={"boxes": boxes, "margins": margins})
-        out.append(CropRun(run, margin, margins, boxes))
+        out.append(CropRun(run, margin, margins, boxes, source))
     return out
 
 
@@ -266,3 +268,146 @@ def claims_table(s1_claims: dict, crop_runs: list[CropRun], protocol: pd.DataFra
             rows.append(row)
     return pd.DataFrame(rows)
 
+
+
+# ---------------------------------------------------------------- lesion-aware candidates (ours)
+def candidate_recipes(s1: S1Params, s0: S0Params, models: ModelParams) -> list[CandidateRecipe]:
+    """One recipe per ``s1_candidates`` entry, on the segmenter's backbone (frozen, one view)."""
+    backbone = s1.seg.backbone
+    suffix = f"-a{models.mobilenet_alpha}" if backbone == "mobilenet_v2" else ""
+    return [CandidateRecipe(
+        name=f"lesion_aware-{kind}-{backbone}{suffix}", kind=kind, backbone=backbone, input_size=s0.input_size,
+        crop_size=s1.hires_size if kind == "two_stream_hires" else s0.input_size,
+        train=TrainConfig(epochs=s1.head.epochs, batch_size=s1.head.batch_size, learning_rate=s1.head.learning_rate,
+                          patience=s1.head.patience, class_weight=models.class_weight),
+        dropout=s0.dropout, attention_weight=s1.attention_weight,
+        backbone_kwargs=backbone_kwargs(backbone, models.mobilenet_alpha), weights=models.weights)
+        for kind in s1.candidates]
+
+
+@dataclass
+class CandidateSearch:
+    table: pd.DataFrame                  # validation scores of every candidate (the choice is made on these)
+    chosen: CandidateRecipe | None
+    run: ModelRun | None = None
+    skipped: str | None = None
+
+
+def run_candidates(s1: S1Params, s0: S0Params, models: ModelParams, crop: CropRun | None, store: ProcessedData,
+                   results: ResultsStore, *, seed: int, bootstrap: BootstrapParams, progress: bool = True) -> CandidateSearch:
+    """Grouped CV of every candidate; the one with the lowest pooled inner-validation log loss is
+    evaluated on the out-of-fold test predictions, written like every model and (attention) exported."""
+    from .lesion_aware import candidate_cv
+
+    splits = store.read("splits")
+    splits = splits[splits["seed"] == seed]
+    recipes = candidate_recipes(s1, s0, models)
+    if not recipes:
+        return CandidateSearch(pd.DataFrame(), None, skipped="no candidates (s1_candidates: [])")
+    ok, why = weights_available(recipes[0].backbone, recipes[0].weights, recipes[0].input_size, **recipes[0].backbone_kwargs)
+    if not ok:
+        return CandidateSearch(pd.DataFrame(), None, skipped=why)
+    rows, cvs = [], {}
+    for r in recipes:
+        if r.kind != "attention" and (crop is None or crop.source is None):
+            rows.append({"candidate": r.name, "kind": r.kind, "skipped": "no predicted-lesion crops (segmenter or crop classifier skipped)"})
+            continue
+        ok, why = weights_available(r.backbone, r.weights, r.crop_size, **r.backbone_kwargs)
+        if not ok:
+            rows.append({"candidate": r.name, "kind": r.kind, "skipped": why})
+            continue
+        t0 = time.perf_counter()
+        cv = candidate_cv(r, store, splits, seed=seed, source=crop.source if crop else None,
+                          margin=crop.margin if crop else None, progress=progress)
+        cvs[r.name] = cv
+        acc = float((cv.val[["p_normal", "p_benign", "p_malignant"]].to_numpy().argmax(1)
+                     == cv.val["label"].map({"normal": 0, "benign": 1, "malignant": 2}).to_numpy()).mean())
+        rows.append({"candidate": r.name, "kind": r.kind, "val_log_loss": val_log_loss(cv), "val_accuracy": acc,
+                     "n_val": len(cv.val), "seconds": round(time.perf_counter() - t0, 1)})
+    table = pd.DataFrame(rows)
+    scored = table.dropna(subset=["val_log_loss"]) if "val_log_loss" in table else table.iloc[0:0]
+    if not len(scored):
+        return CandidateSearch(table, None, skipped="no candidate could run")
+    best = scored.loc[scored["val_log_loss"].idxmin(), "candidate"]
+    table["chosen"] = table["candidate"] == best
+    chosen = next(r for r in recipes if r.name == best)
+    cv = cvs[best]
+    groups = store.read("groups")
+    conflicts = set(groups.loc[groups["label_conflict"], "image_id"])
+    ev = evaluate(cv.oof, cv.val, conflict_ids=conflicts, n_resamples=bootstrap.resamples, seed=bootstrap.seed)
+    run = ModelRun(chosen, results.model_dir(chosen.name), cv=cv, evaluation=ev)
+    run.timing = {"prepare_s": 0.0, "cv_s": float(table.loc[table["chosen"], "seconds"].iloc[0]),
+                  "per_fold_s": cv.timing["seconds"].tolist()}
+    if chosen.kind == "attention":
+        _save_attention_models(chosen, cv, ev, results, store, seed=seed, bootstrap=bootstrap, export=models.export_models, run=run)
+    write_results(run, store, results, seed=seed, models=models, bootstrap=bootstrap,
+                  extra={"candidate_search": table.to_dict(orient="records"),
+                         "choice": "lowest pooled inner-validation log loss (outer test folds unused)"})
+    return CandidateSearch(table, chosen, run)
+
+
+def _save_attention_models(recipe: CandidateRecipe, cv: CVResult, ev: Evaluation, results: ResultsStore,
+                           store: ProcessedData, *, seed: int, bootstrap: BootstrapParams, export: bool, run: ModelRun) -> None:
+    """Fold models (image → probabilities, for the explanations) and the final model trained on all images."""
+    from .lesion_aware import CandidateExperiment, export_classifier, frozen_top, masks_at
+
+    whole, preprocess, backbone = frozen_top(store, recipe.backbone, recipe.backbone_kwargs or {}, recipe.weights,
+                                             recipe.input_size, seed=seed)
+    for k, fm in enumerate(cv.fold_models):
+        with atomic_path(results.fold_model_path(recipe.name, k)) as tmp:
+            export_classifier(recipe, fm.head, preprocess, backbone).save(tmp)
+    if not export:
+        return
+    t0 = time.perf_counter()
+    from ..data.arrays import labels_and_groups
+
+    ex = CandidateExperiment(recipe, labels_and_groups(store), whole, masks_at(store, recipe.input_size, whole.shape[1]), None,
+                             progress=False)
+    epochs = final_epochs(cv)
+    fm = ex.fit(np.arange(len(ex.y)), None, seed + 99, epochs=epochs)
+    path = results.exported_model_path(recipe.name)
+    with atomic_path(path) as tmp:
+        export_classifier(recipe, fm.head, preprocess, backbone).save(tmp)
+    write_json(model_card(recipe, ev, store, epochs, n_splits=int(cv.oof["fold"].nunique()), seed=seed, bootstrap=bootstrap,
+                          val=cv.val), path.with_suffix(".json"))
+    run.exported = path
+    run.timing["final_model_s"] = round(time.perf_counter() - t0, 1)
+
+
+def seed_comparison(search: CandidateSearch, s1: S1Params, s0: S0Params, models: ModelParams, augment, crop: CropRun | None,
+                    store: ProcessedData, *, split_seed: int, bootstrap: BootstrapParams, progress: bool = True
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The chosen candidate against the S0 recipe, each trained with every seed of ``s1_seeds`` on the
+    same splits. Returns (per seed: both models' accuracy / macro AUC and the paired difference with its
+    group-bootstrap CI; summary: mean ± sd across seeds)."""
+    from .lesion_aware import candidate_cv
+
+    if search.chosen is None or not s1.seeds:
+        return pd.DataFrame(), pd.DataFrame()
+    splits = store.read("splits")
+    splits = splits[splits["seed"] == split_seed]
+    s0_ex = Experiment(s0_recipe(s0, models, augment), store, seed=split_seed, progress=False).prepare()
+    rows = []
+    for s in s1.seeds:
+        a = candidate_cv(search.chosen, store, splits, seed=s, source=crop.source if crop else None,
+                         margin=crop.margin if crop else None, progress=False).oof
+        b = s0_ex.cross_validate(splits, seed=s, tta=False).oof
+        y, pa, g = arrays(a)
+        _, pb, _ = arrays(b)
+        d = paired_bootstrap_difference(y, pa, pb, g, metrics=("accuracy", "macro_auc", "benign_vs_malignant_auc"),
+                                        n_resamples=bootstrap.resamples, seed=bootstrap.seed)
+        for _, r in d.iterrows():
+            rows.append({"seed": s, "metric": r["metric"], "lesion_aware": r["a"], "s0": r["b"], "diff": r["diff"],
+                         "ci_low": r["ci_low"], "ci_high": r["ci_high"]})
+        if progress:
+            acc = d.set_index("metric").loc["accuracy"]
+            print(f"  seed {s}: accuracy {acc['a']:.3f} vs S0 {acc['b']:.3f} (diff {acc['diff']:+.3f}, "
+                  f"95 % CI {acc['ci_low']:+.3f} to {acc['ci_high']:+.3f})", flush=True)
+    per_seed = pd.DataFrame(rows)
+    summary = per_seed.groupby("metric").agg(lesion_aware_mean=("lesion_aware", "mean"), lesion_aware_sd=("lesion_aware", "std"),
+                                             s0_mean=("s0", "mean"), s0_sd=("s0", "std"), diff_mean=("diff", "mean"),
+                                             diff_sd=("diff", "std")).reset_index()
+    excl = per_seed.assign(ex=(per_seed["ci_low"] > 0) | (per_seed["ci_high"] < 0)).groupby("metric")["ex"].sum()
+    summary["seeds_ci_excludes_0"] = summary["metric"].map(excl).astype(int)
+    summary["n_seeds"] = len(s1.seeds)
+    return per_seed, summary
