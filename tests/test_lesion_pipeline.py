@@ -352,3 +352,31 @@ def test_exported_attention_model_predicts_and_explains(demo_store, tmp_path):
     np.testing.assert_allclose(loaded.predict(x, verbose=0), ex.predict(fm, np.arange(3)), atol=1e-4)
     maps = gradcam(loaded, x, np.array([0, 1, 2]), r.gradcam_layer())
     assert np.asarray(maps).shape[0] == 3
+
+
+def test_two_stream_pipeline_exports_and_predicts(tmp_path, seg_cv, demo_store):
+    from busi_study.models.lesion_aware import CandidateExperiment, export_two_stream, frozen_top
+
+    ex, cv = seg_cv
+    r = cand("two_stream", crop_size=64)
+    whole, pre, bb = frozen_top(demo_store, "mobilenet_v2", {"alpha": 0.35}, weights(), 64)
+    crops = lp.CropSource(ex, cv, lp.load_originals(demo_store), list(range(5))).images(0, 0.25, 64)
+    cfeat, pre_c, bb_c = frozen_top(demo_store, "mobilenet_v2", {"alpha": 0.35}, weights(), 64, images=crops)
+    cex = CandidateExperiment(r, arrays.labels_and_groups(demo_store), whole, None, cfeat.mean(axis=(1, 2)), progress=False)
+    fm = cex.fit(np.arange(20), None, 1, epochs=[1])
+    model = export_two_stream(r, fm.head, pre, bb, pre_c, bb_c)
+    x = arrays.load_image_array(demo_store, 64, progress=False)[:3].astype(np.float32)
+    np.testing.assert_allclose(model.predict([x, crops[:3].astype(np.float32)], verbose=0), cex.predict(fm, np.arange(3)),
+                               atol=1e-4)
+    models = tmp_path / "models"
+    models.mkdir()
+    model.save(models / "ts.keras")
+    ex.full_segmenter(cv.decoders[0]).save(models / "seg.segmenter.keras")
+    (models / "ts.json").write_text(json.dumps({"pipeline": {"segmenter_file": "seg.segmenter.keras", "threshold": 0.5,
+                                                             "min_area": 0.0, "margin": 0.25, "inputs": ["image", "crop"]}}))
+    loaded, _ = load_model(models / "ts.keras")
+    assert isinstance(loaded, CropPipelineModel)
+    files = [demo_store.raw_root() / p for p in demo_store.read("manifest")["path"].head(2)]
+    table = predict_files(loaded, files)
+    assert (table["error"] == "").all()
+    np.testing.assert_allclose(table[["p_normal", "p_benign", "p_malignant"]].sum(axis=1), 1, atol=1e-5)

@@ -207,6 +207,8 @@ def pointing_game(fm: FinalModel, data: ExternalData, layer: str | None, method:
     model, _ = load_model(fm.path)
     pipeline = model if isinstance(model, CropPipelineModel) else None  # Grad-CAM of the crop, pasted into its box
     net = pipeline.classifier if pipeline else model
+    if len(net.inputs) != 1:  # a two-stream model: Grad-CAM is defined here for one input only
+        return pd.DataFrame(), {}
     size = int(net.inputs[0].shape[1])
     d = data.lesions[data.lesions["tumour_mask"] != ""].reset_index(drop=True)
     rows, maps = [], {}
@@ -235,8 +237,11 @@ def pointing_game(fm: FinalModel, data: ExternalData, layer: str | None, method:
 
 
 def summarise_pointing(loc: pd.DataFrame, model: str, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Mean pointing-game hit rate and energy inside the mask (map and baseline), CIs over patients."""
+    """Mean pointing-game hit rate and energy inside the mask (map and baseline), CIs over patients
+    (no rows for a model without maps, e.g. a two-input model)."""
     rows = []
+    if loc.empty:
+        return pd.DataFrame(rows)
     for subset, d in (("all lesions", loc), ("correctly classified lesions", loc[loc["label"] == loc["predicted"]])):
         if d.empty:
             continue

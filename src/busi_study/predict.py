@@ -112,7 +112,8 @@ def load_model_file(path: Path):
 
 class CropPipelineModel:
     """Segment → crop the box of the largest predicted region (widened by the card's margin; the whole
-    image when nothing is found) from the original image → classify the crop (notebook 05)."""
+    image when nothing is found) from the original image → classify the crop, or the whole image and
+    the crop for a two-input (two-stream) classifier (notebook 05)."""
 
     def __init__(self, classifier, segmenter, pipeline: dict) -> None:
         self.classifier, self.segmenter, self.pipeline = classifier, segmenter, pipeline
@@ -135,6 +136,10 @@ class CropPipelineModel:
         from .models.lesion_pipeline import crop
 
         mask, box, found = self.lesion(rgb)
+        if len(self.classifier.inputs) == 2:  # two streams: the whole image and the crop
+            whole = cv2.resize(rgb, (self.size, self.size), interpolation=cv2.INTER_AREA).astype(np.float32)[None]
+            c = crop(rgb, box, int(self.classifier.inputs[1].shape[1])).astype(np.float32)[None]
+            return np.asarray(self.classifier.predict([whole, c], verbose=0), np.float64)[0], mask, box, found
         x = crop(rgb, box, self.size).astype(np.float32)[None]
         return np.asarray(self.classifier.predict(x, verbose=0), np.float64)[0], mask, box, found
 

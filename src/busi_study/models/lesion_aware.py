@@ -226,3 +226,21 @@ def export_classifier(recipe: CandidateRecipe, head, preprocess, backbone):
     inputs = keras.Input((recipe.input_size, recipe.input_size, 3), name="image")
     probs_head = keras.Model(head.inputs, head.outputs[0], name="attention_head")
     return keras.Model(inputs, probs_head(backbone(preprocess(inputs))), name=recipe.name.replace(".", "_"))
+
+
+def export_two_stream(recipe: CandidateRecipe, head, preprocess, backbone, preprocess_crop, backbone_crop):
+    """A two-stream candidate as a two-input classifier: (image, crop) → probabilities (frozen backbones, pooled)."""
+    import keras
+    from keras import layers
+
+    if recipe.kind == "attention":
+        raise ValueError("the attention candidate is a single-image classifier (export_classifier)")
+    image = keras.Input((recipe.input_size, recipe.input_size, 3), name="image")
+    crop = keras.Input((recipe.crop_size, recipe.crop_size, 3), name="crop")
+    from .builders import BackbonePreprocess
+
+    backbone_crop.name = "backbone_crop"
+    pre_crop = BackbonePreprocess(preprocess_crop.mode, name="preprocess_crop")  # layer names must be unique
+    w = layers.GlobalAveragePooling2D(name="gap_image")(backbone(preprocess(image)))
+    c = layers.GlobalAveragePooling2D(name="gap_crop")(backbone_crop(pre_crop(crop)))
+    return keras.Model([image, crop], head([w, c]), name=recipe.name.replace(".", "_"))

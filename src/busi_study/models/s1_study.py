@@ -9,6 +9,7 @@ The segmenter's own measures are written to ``results_segmentation/<name>/``.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field, replace
 
@@ -24,6 +25,7 @@ from ..results import ResultsStore
 from .experiment import CVResult, Experiment
 from .lesion_aware import CandidateRecipe
 from .lesion_pipeline import CropSource, boxes_of, choose_margin, crop, crop_cv, load_originals, val_log_loss
+from .lesion_pipeline import crop as crop_image
 from .model_run import ModelRun, check_weights, data_hashes, final_epochs, model_card, write_results
 from .recipes import Recipe, augment_config, backbone_kwargs, s0_recipe, train_config
 from .registry import get_spec, weights_available
@@ -162,6 +164,7 @@ class CropRun:
     margins: pd.DataFrame | None = None
     boxes: pd.DataFrame | None = None
     source: CropSource | None = None
+    final_boxes: np.ndarray | None = None   # boxes from the final segmenter (all images), for other pipelines' final models
 
 
 def run_crop_classifier(s1: S1Params, s0: S0Params, models: ModelParams, augment, seg: SegRun, store: ProcessedData,
@@ -208,18 +211,18 @@ def run_crop_classifier(s1: S1Params, s0: S0Params, models: ModelParams, augment
                     "margins_tried": margins.to_dict(orient="records"), "crop_from": "the original-resolution image"}
         if models.export_models:
             t0 = time.perf_counter()
-            run.exported = export_pipeline(seg, cv, ev, recipe, source, margin, results, store, seed=seed,
-                                           bootstrap=bootstrap, pipeline=pipeline)
+            run.exported, final_boxes = export_pipeline(seg, cv, ev, recipe, source, margin, results, store, seed=seed,
+                                                        bootstrap=bootstrap, pipeline=pipeline)
             run.timing["final_model_s"] = round(time.perf_counter() - t0, 1)
         write_results(run, store, results, seed=seed, models=models, bootstrap=bootstrap,
                       extra={"pipeline": pipeline}, extra_tables={"boxes": boxes, "margins": margins})
-        out.append(CropRun(run, margin, margins, boxes, source))
+        out.append(CropRun(run, margin, margins, boxes, source, final_boxes if models.export_models else None))
     return out
 
 
 def export_pipeline(seg: SegRun, cv: CVResult, ev: Evaluation, recipe: Recipe, source: CropSource, margin: float,
                     results: ResultsStore, store: ProcessedData, *, seed: int, bootstrap: BootstrapParams,
-                    pipeline: dict) -> object:
+                    pipeline: dict) -> tuple[object, np.ndarray]:
     """Final segmenter (all images, median early-stopping epoch of the folds) → crops of every image
     → final classifier (all images, the folds' median epochs); both saved, the card describes the pipeline."""
     ex_seg = seg.experiment
@@ -247,7 +250,7 @@ def export_pipeline(seg: SegRun, cv: CVResult, ev: Evaluation, recipe: Recipe, s
                         "segmenter_input_size": seg.recipe.input_size, "threshold": seg.recipe.threshold,
                         "min_area": seg.recipe.min_area}
     write_json(card, path.with_suffix(".json"))
-    return path
+    return path, boxes
 
 
 def claims_table(s1_claims: dict, crop_runs: list[CropRun], protocol: pd.DataFrame | None) -> pd.DataFrame:
@@ -340,6 +343,8 @@ def run_candidates(s1: S1Params, s0: S0Params, models: ModelParams, crop: CropRu
                   "per_fold_s": cv.timing["seconds"].tolist()}
     if chosen.kind == "attention":
         _save_attention_models(chosen, cv, ev, results, store, seed=seed, bootstrap=bootstrap, export=models.export_models, run=run)
+    elif models.export_models and crop is not None and crop.final_boxes is not None:
+        _export_two_stream(chosen, cv, ev, crop, results, store, seed=seed, bootstrap=bootstrap, run=run)
     write_results(run, store, results, seed=seed, models=models, bootstrap=bootstrap,
                   extra={"candidate_search": table.to_dict(orient="records"),
                          "choice": "lowest pooled inner-validation log loss (outer test folds unused)"})
@@ -411,3 +416,33 @@ def seed_comparison(search: CandidateSearch, s1: S1Params, s0: S0Params, models:
     summary["seeds_ci_excludes_0"] = summary["metric"].map(excl).astype(int)
     summary["n_seeds"] = len(s1.seeds)
     return per_seed, summary
+
+
+def _export_two_stream(recipe: CandidateRecipe, cv: CVResult, ev: Evaluation, crop: CropRun, results: ResultsStore,
+                       store: ProcessedData, *, seed: int, bootstrap: BootstrapParams, run: ModelRun) -> None:
+    """Final two-stream model: its head trained on all images (whole image + the crops of the crop
+    pipeline's final segmenter, the folds' median epochs), saved as a two-input classifier whose card
+    names that segmenter, so ``predict`` runs segment → crop → classify."""
+    from ..data.arrays import labels_and_groups
+    from .lesion_aware import CandidateExperiment, export_two_stream, frozen_top
+
+    t0 = time.perf_counter()
+    kw = recipe.backbone_kwargs or {}
+    whole, pre, bb = frozen_top(store, recipe.backbone, kw, recipe.weights, recipe.input_size, seed=seed)
+    crops = np.stack([crop_image(im, b, recipe.crop_size) for im, b in zip(crop.source.originals, crop.final_boxes)])
+    cfeat, pre_c, bb_c = frozen_top(store, recipe.backbone, kw, recipe.weights, recipe.crop_size, images=crops, seed=seed)
+    ex = CandidateExperiment(recipe, labels_and_groups(store), whole, None, cfeat.mean(axis=(1, 2)), progress=False)
+    epochs = final_epochs(cv)
+    fm = ex.fit(np.arange(len(ex.y)), None, seed + 99, epochs=epochs)
+    path = results.exported_model_path(recipe.name)
+    with atomic_path(path) as tmp:
+        export_two_stream(recipe, fm.head, pre, bb, pre_c, bb_c).save(tmp)
+    crop_card = json.loads(crop.run.exported.with_suffix(".json").read_text())
+    card = model_card(recipe, ev, store, epochs, n_splits=int(cv.oof["fold"].nunique()), seed=seed, bootstrap=bootstrap,
+                      val=cv.val)
+    card["input"]["resize"] = ("two inputs: the whole image (plain resize) and the crop around the lesion predicted by "
+                               f"the segmenter of {crop.run.recipe.name} ({recipe.crop_size}px)")
+    card["pipeline"] = {**crop_card["pipeline"], "inputs": ["image", "crop"], "crop_size": recipe.crop_size}
+    write_json(card, path.with_suffix(".json"))
+    run.exported = path
+    run.timing["final_model_s"] = round(time.perf_counter() - t0, 1)
