@@ -15,7 +15,7 @@ frozen-feature head on one view), never on the outer test folds.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -90,7 +90,6 @@ class CropSource:
     cv: SegCV
     originals: list[np.ndarray]
     folds: list[int]
-    _cache: dict = field(default_factory=dict)
 
     @property
     def threshold(self) -> float:
@@ -102,12 +101,10 @@ class CropSource:
         return boxes_of(self.cv.fold_maps[self.folds.index(fold)].astype(np.float32), r.threshold, r.min_area, margin)
 
     def images(self, fold: int, margin: float, size: int) -> np.ndarray:
-        """uint8 (n, size, size, 3) crops of every image from fold ``fold``'s segmenter (kept in memory)."""
-        key = (fold, margin, size)
-        if key not in self._cache:
-            boxes, _ = self.boxes(fold, margin)
-            self._cache[key] = np.stack([crop(im, b, size) for im, b in zip(self.originals, boxes)])
-        return self._cache[key]
+        """uint8 (n, size, size, 3) crops of every image from fold ``fold``'s segmenter (recomputed on
+        each call, a few seconds: keeping every fold × margin × size would cost gigabytes)."""
+        boxes, _ = self.boxes(fold, margin)
+        return np.stack([crop(im, b, size) for im, b in zip(self.originals, boxes)])
 
     def key(self, fold: int, margin: float) -> str:
         """What the crops of (fold, margin) were made from (for feature caches)."""
