@@ -288,7 +288,7 @@ def _fake_models(monkeypatch):
     import busi_study.predict as pr
 
     monkeypatch.setattr(pr, "load_model", lambda path: (object(), {}))
-    monkeypatch.setattr(pr, "predict_ensemble", lambda models, files: pd.DataFrame(
+    monkeypatch.setattr(pr, "predict_ensemble", lambda models, files, **kw: pd.DataFrame(
         {"path": [str(f) for f in files], "p_normal": 0.2, "p_benign": 0.3, "p_malignant": 0.5,
          "predicted": "malignant", "error": ""}))
 

@@ -179,6 +179,8 @@ def _tools(argv: list[str] | None) -> int:
                    help="an exported model, e.g. reports/latest/models/NAME.keras or NAME.full_int8.tflite; several files (e.g. "
                         "reports/latest/results/NAME/fold*.keras) give a fold ensemble, the mean of their probabilities")
     q.add_argument("--out", type=Path, help="CSV to write (default: print to stdout)")
+    q.add_argument("--masks", type=Path, help="folder for the predicted lesion masks (PNG) of a model that segments "
+                                               "(notebook 05's crop pipeline); created if missing")
     v = sub.add_parser("evaluate", help="metrics with CIs of an exported model on a labelled folder of images (external validation)")
     v.add_argument("folder", type=Path, help="folder of images (searched recursively for the names in the label table)")
     v.add_argument("--labels", required=True, type=Path, help="label table (CSV or xlsx): one row per image")
@@ -223,9 +225,14 @@ def _tools(argv: list[str] | None) -> int:
         if not files:
             raise StudyError("no image files found in the given paths — give image files (.png, .jpg, .bmp, .tif) "
                              "or folders holding them")
+        if args.masks:
+            try:
+                args.masks.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StudyError(f"--masks {args.masks}: cannot create the folder ({exc.strerror}) — choose another path") from None
         loaded = [load_model(m) for m in args.model]
         card = loaded[0][1]
-        table = predict_ensemble([m for m, _ in loaded], files)
+        table = predict_ensemble([m for m, _ in loaded], files, masks_dir=args.masks)
         if args.out:
             write_table(table, args.out)
             print(f"{len(table)} rows ({int((table['error'] != '').sum())} errors) written to {args.out}", file=sys.stderr)

@@ -64,7 +64,7 @@ def final_models(report_dir: Path) -> tuple[list[FinalModel], list[str]]:
     """Exported final models that have a card and BUSI CV predictions; and why others are left out."""
     store = ResultsStore(report_dir)
     found, skipped = [], []
-    for path in sorted(store.models_dir.glob("*.keras")):
+    for path in store.exported_models():
         res = store.model_dir(path.stem)
         card = path.with_suffix(".json")
         need = (card, res / RECORD, res / TABLES["oof"], res / TABLES["val"])
@@ -201,18 +201,28 @@ def pointing_game(fm: FinalModel, data: ExternalData, layer: str | None, method:
     from .data.images import read_mask, read_rgb
     from .explain.gradcam import gradcam, upsample
     from .explain.localisation import baseline_table, localisation_table
-    from .predict import load_model
+    from .models.lesion_pipeline import crop, paste
+    from .predict import CropPipelineModel, load_model
 
     model, _ = load_model(fm.path)
-    size = int(model.inputs[0].shape[1])
+    pipeline = model if isinstance(model, CropPipelineModel) else None  # Grad-CAM of the crop, pasted into its box
+    net = pipeline.classifier if pipeline else model
+    if len(net.inputs) != 1:  # a two-stream model: Grad-CAM is defined here for one input only
+        return pd.DataFrame(), {}
+    size = int(net.inputs[0].shape[1])
     d = data.lesions[data.lesions["tumour_mask"] != ""].reset_index(drop=True)
     rows, maps = [], {}
     for start in range(0, len(d), batch_size):
         part = d.iloc[start : start + batch_size]
-        x = np.stack([cv2.resize(read_rgb(data.root / p), (size, size), interpolation=cv2.INTER_AREA) for p in part["path"]])
-        proba = np.asarray(model(x.astype(np.float32), training=False))  # a direct call: no retracing per batch
+        rgbs = [read_rgb(data.root / p) for p in part["path"]]
+        boxes = [pipeline.lesion(im)[1] for im in rgbs] if pipeline else None
+        x = np.stack([crop(im, b, size) for im, b in zip(rgbs, boxes)] if pipeline else
+                     [cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in rgbs])
+        proba = np.asarray(net(x.astype(np.float32), training=False))  # a direct call: no retracing per batch
         masks = [read_mask(data.root / m) for m in part["tumour_mask"]]
-        cams = upsample(gradcam(model, x.astype(np.float32), proba.argmax(axis=1), layer, method), [m.shape for m in masks])
+        raw = gradcam(net, x.astype(np.float32), proba.argmax(axis=1), layer, method)
+        cams = ([paste(c, b, m.shape) for c, b, m in zip(raw, boxes, masks)] if pipeline
+                else upsample(raw, [m.shape for m in masks]))
         lt = localisation_table(cams, masks, 0.5, tolerance, list(part["image_id"]))
         lb = baseline_table(masks, 0.5, tolerance, ids=list(part["image_id"]))
         for k, (_, r) in enumerate(part.iterrows()):
@@ -227,8 +237,11 @@ def pointing_game(fm: FinalModel, data: ExternalData, layer: str | None, method:
 
 
 def summarise_pointing(loc: pd.DataFrame, model: str, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Mean pointing-game hit rate and energy inside the mask (map and baseline), CIs over patients."""
+    """Mean pointing-game hit rate and energy inside the mask (map and baseline), CIs over patients
+    (no rows for a model without maps, e.g. a two-input model)."""
     rows = []
+    if loc.empty:
+        return pd.DataFrame(rows)
     for subset, d in (("all lesions", loc), ("correctly classified lesions", loc[loc["label"] == loc["predicted"]])):
         if d.empty:
             continue

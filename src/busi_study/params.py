@@ -251,6 +251,39 @@ class S4Params:
 
 
 @dataclasses.dataclass(frozen=True)
+class SegmenterParams:
+    """S1's lesion segmenter: frozen encoder from the registry, U-Net decoder, training phase."""
+
+    backbone: str
+    input_size: int
+    decoder_channels: int
+    views: int
+    threshold: float
+    min_area: float
+    train: TrainParams = dataclasses.field(metadata=_FLAT)
+
+
+@dataclasses.dataclass(frozen=True)
+class S1Params:
+    """S1's pipeline and the lesion-aware models (notebook 05): enhancement ablation, segmenter,
+    classifier of the predicted lesion crop (margin chosen on validation), S1's own protocol,
+    lesion-aware candidate heads (chosen on validation) and the seeds of the final comparison."""
+
+    PREFIX: ClassVar[str] = "s1_"
+    enhancements: list[str]
+    seg: SegmenterParams
+    crop_margins: list[float]
+    classifier_backbones: list[str]
+    unfreeze_blocks: int | None
+    protocol_epochs: int
+    candidates: list[str]
+    hires_size: int
+    attention_weight: float
+    head: TrainParams
+    seeds: list[int]
+
+
+@dataclasses.dataclass(frozen=True)
 class TFLiteParams:
     """On-device export (notebook 06): full-int8 calibration images (from training data only),
     latency runs after a warm-up, and how many folds' out-of-fold images measure the agreement."""
@@ -279,7 +312,7 @@ SCALARS: dict[str, type] = {"seed": int, "figure_dpi": int}
 SECTIONS: dict[str, type] = {
     "data": DataParams, "splits": SplitParams, "figures": FigureParams, "models": ModelParams,
     "augment": AugmentParams, "bootstrap": BootstrapParams, "source": SourceProtocolParams, "s2": S2Params,
-    "s3": S3Params, "benchmark": BenchmarkParams, "s0": S0Params, "explain": ExplainParams, "s4": S4Params,
+    "s3": S3Params, "benchmark": BenchmarkParams, "s0": S0Params, "explain": ExplainParams, "s1": S1Params, "s4": S4Params,
     "tflite": TFLiteParams, "external": ExternalParams,
 }
 
@@ -382,6 +415,7 @@ class StudyParams:
     benchmark: BenchmarkParams | None = None
     s0: S0Params | None = None
     explain: ExplainParams | None = None
+    s1: S1Params | None = None
     s4: S4Params | None = None
     tflite: TFLiteParams | None = None
     external: ExternalParams | None = None

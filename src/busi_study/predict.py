@@ -11,6 +11,11 @@ run) give a fold ensemble: the mean of their probabilities.
 A ``.tflite`` file (notebook 06's on-device export, any precision) works the same way, run by
 LiteRT. A binary model (benign vs malignant, S4) gives p_benign and p_malignant; its p_normal
 is left empty (NaN): it was never asked whether an image is normal.
+
+A crop pipeline (notebook 05, S1's pipeline: its card names a segmenter) segments the lesion
+first, crops the box around the predicted region from the original image and classifies the
+crop; its rows add ``lesion_found`` and the box in pixels, and with ``--masks DIR`` the
+predicted lesion mask of each image is written there as a PNG (``lesion_mask`` column).
 """
 
 from __future__ import annotations
@@ -81,7 +86,62 @@ def load_model(path: Path):
         card = json.loads(card_path.read_text()) if card_path.exists() else {}
     except (OSError, ValueError):
         card = {}  # the card is documentation; a broken one does not stop a prediction
+    pipeline = card.get("pipeline") if isinstance(card, dict) else None
+    if pipeline and pipeline.get("segmenter_file"):
+        seg_path = path.with_name(pipeline["segmenter_file"])
+        if not seg_path.exists():
+            raise ModelFileError(f"{path} is a crop pipeline but its segmenter {seg_path.name} is not beside it — copy "
+                                 "both files (and the .json card) together")
+        seg, _ = load_model_file(seg_path)
+        model = CropPipelineModel(model, seg, pipeline)
     return model, card
+
+
+def load_model_file(path: Path):
+    """A Keras file without the classifier checks (a segmenter outputs a mask, not classes)."""
+    import keras
+
+    from .models import builders  # noqa: F401  (registers the custom preprocessing layer)
+
+    try:
+        return keras.models.load_model(path, compile=False), None
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ModelFileError(f"cannot load the model {path} ({type(exc).__name__}: {reason})") from None
+
+
+class CropPipelineModel:
+    """Segment → crop the box of the largest predicted region (widened by the card's margin; the whole
+    image when nothing is found) from the original image → classify the crop, or the whole image and
+    the crop for a two-input (two-stream) classifier (notebook 05)."""
+
+    def __init__(self, classifier, segmenter, pipeline: dict) -> None:
+        self.classifier, self.segmenter, self.pipeline = classifier, segmenter, pipeline
+        self.size = int(classifier.inputs[0].shape[1])
+        self.seg_size = int(segmenter.inputs[0].shape[1])
+
+    def lesion(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(predicted mask at the image's size, relative box y0 y1 x0 x1, found)."""
+        from .models.lesion_pipeline import box_of
+
+        x = cv2.resize(rgb, (self.seg_size, self.seg_size), interpolation=cv2.INTER_AREA).astype(np.float32)[None]
+        prob = np.asarray(self.segmenter.predict(x, verbose=0))[0, ..., 0]
+        box, found = box_of(prob, self.pipeline["threshold"], self.pipeline["min_area"], self.pipeline["margin"])
+        h, w = rgb.shape[:2]
+        mask = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR) >= self.pipeline["threshold"]
+        return mask, box, found
+
+    def predict_image(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+        """(probabilities (3,), mask, relative box, found) of one RGB image."""
+        from .models.lesion_pipeline import crop
+
+        mask, box, found = self.lesion(rgb)
+        if len(self.classifier.inputs) == 2:  # two streams: the whole image and the crop
+            whole = cv2.resize(rgb, (self.size, self.size), interpolation=cv2.INTER_AREA).astype(np.float32)[None]
+            c = crop(rgb, box, int(self.classifier.inputs[1].shape[1])).astype(np.float32)[None]
+            return np.asarray(self.classifier.predict([whole, c], verbose=0), np.float64)[0], mask, box, found
+        x = crop(rgb, box, self.size).astype(np.float32)[None]
+        return np.asarray(self.classifier.predict(x, verbose=0), np.float64)[0], mask, box, found
 
 
 def three_class(proba: np.ndarray) -> np.ndarray:
@@ -125,8 +185,37 @@ def write_table(table: pd.DataFrame, out: Path) -> None:
         raise converted from None
 
 
-def predict_files(model, files: list[Path], batch_size: int = 16) -> pd.DataFrame:
+def predict_pipeline(model: CropPipelineModel, files: list[Path], masks_dir: Path | None = None) -> pd.DataFrame:
+    """Probabilities, lesion box (pixels) and optionally the predicted mask (PNG in ``masks_dir``) per file."""
+    rows = []
+    for f in files:
+        row = {"path": str(f), **dict.fromkeys(PROBA_COLUMNS, np.nan), "predicted": "", "lesion_found": None,
+               "box_y0": np.nan, "box_y1": np.nan, "box_x0": np.nan, "box_x1": np.nan, "lesion_mask": "", "error": ""}
+        rows.append(row)
+        try:
+            if not f.exists():
+                raise FileNotFoundError("no such file")
+            rgb = read_rgb(f)
+        except Exception as exc:  # bad file: an error row, not a crash
+            row["error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"
+            continue
+        p, mask, box, found = model.predict_image(rgb)
+        h, w = rgb.shape[:2]
+        row.update({c: float(v) for c, v in zip(PROBA_COLUMNS, p)}, predicted=_predicted(p), lesion_found=bool(found),
+                   box_y0=int(box[0] * h), box_y1=int(round(box[1] * h)), box_x0=int(box[2] * w), box_x1=int(round(box[3] * w)))
+        if masks_dir is not None:
+            out = Path(masks_dir) / f"{f.stem}_predicted_mask.png"
+            tmp = out.with_name(f".{out.stem}.tmp.png")
+            cv2.imwrite(str(tmp), mask.astype(np.uint8) * 255)
+            tmp.replace(out)
+            row["lesion_mask"] = str(out)
+    return pd.DataFrame(rows)
+
+
+def predict_files(model, files: list[Path], batch_size: int = 16, masks_dir: Path | None = None) -> pd.DataFrame:
     """Probabilities for each file; unreadable files get an ``error`` and no probabilities."""
+    if isinstance(model, CropPipelineModel):
+        return predict_pipeline(model, files, masks_dir)
     size = int(getattr(model, "input_size", 0) or model.inputs[0].shape[1])
     rows, batch, batch_rows = [], [], []
 
@@ -157,10 +246,15 @@ def predict_files(model, files: list[Path], batch_size: int = 16) -> pd.DataFram
     return pd.DataFrame(rows, columns=["path", *PROBA_COLUMNS, "predicted", "error"])
 
 
-def predict_ensemble(models: list, files: list[Path], batch_size: int = 16) -> pd.DataFrame:
+def predict_ensemble(models: list, files: list[Path], batch_size: int = 16, masks_dir: Path | None = None) -> pd.DataFrame:
     """Mean class probabilities of several models (a fold ensemble); one model: ``predict_files``."""
     if not models:
         raise StudyError("no model given")
+    if len(models) == 1:
+        return predict_files(models[0], files, batch_size, masks_dir)
+    if any(isinstance(m, CropPipelineModel) for m in models):
+        raise StudyError("a crop pipeline (a model whose card names a segmenter) cannot be part of a fold ensemble — "
+                         "give it alone")
     tables = [predict_files(m, files, batch_size) for m in models]
     out = tables[0].copy()
     cols = PROBA_COLUMNS

@@ -32,6 +32,11 @@ TABLES = {
     "pooled": "metrics_pooled.csv",         # pooled metrics with CIs
     "per_fold": "metrics_per_fold.csv",     # metrics per fold
     "binary": "metrics_binary.csv",         # benign-vs-malignant metrics with CIs (binary models)
+    "boxes": "crop_boxes.csv",              # crop pipeline: per fold and image, the box its crop was cut from
+    "margins": "crop_margins.csv",          # crop pipeline: validation scores of each margin tried
+    "per_image": "segmentation_per_image.csv",  # segmenter: Dice / IoU / areas per out-of-fold image
+    "summary": "segmentation_summary.csv",  # segmenter: means with CIs
+    "shortcut": "segmentation_shortcut.csv",  # segmenter: region found vs class
 }
 
 
@@ -74,6 +79,11 @@ class ResultsStore:
         self.models_dir = self.report_dir / "models"
 
     @property
+    def segmentation(self) -> ResultsStore:
+        """Lesion segmenters (notebook 05): ``results_segmentation/<model>/``, measures per image and summary."""
+        return ResultsStore(self.report_dir, "results_segmentation")
+
+    @property
     def binary(self) -> ResultsStore:
         """Benign-vs-malignant models (S4's task): ``results_binary/<model>/``, the same layout, kept
         apart so that the three-class readers (comparison, error analysis, external) never mix them in."""
@@ -92,6 +102,13 @@ class ResultsStore:
         """Where the final model (trained on every image) goes; its model card sits beside it as ``.json``."""
         self.models_dir.mkdir(parents=True, exist_ok=True)
         return self.models_dir / f"{name}.keras"
+
+    def exported_models(self) -> list[Path]:
+        """The exported final models (``models/<name>.keras``); a crop pipeline's segmenter
+        (``<name>.segmenter.keras``) is part of its model, not a model of its own."""
+        if not self.models_dir.is_dir():
+            return []
+        return sorted(p for p in self.models_dir.glob("*.keras") if not p.name.endswith(".segmenter.keras"))
 
     def write_skipped(self, name: str, record: dict) -> Path:
         d = self.model_dir(name)
@@ -116,7 +133,8 @@ class ResultsStore:
 
     # ---------- reading ----------
     def trained_names(self) -> list[str]:
-        return sorted(d.name for d in self.root.glob("*") if (d / RECORD).exists() and (d / TABLES["oof"]).exists())
+        return sorted(d.name for d in self.root.glob("*") if (d / RECORD).exists()
+                      and ((d / TABLES["oof"]).exists() or (d / TABLES["per_image"]).exists()))
 
     def skipped(self) -> dict[str, dict]:
         """Skipped models: name → SKIPPED.json (reason, recipe)."""

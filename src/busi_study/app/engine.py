@@ -76,9 +76,11 @@ def entry_for(path: Path) -> ModelEntry:
 
 
 def find_models(reports_dir: Path) -> list[ModelEntry]:
-    """Exported models of ``reports_dir/latest``, best first (highest CV macro AUC, the report's rule)."""
-    models = ResultsStore(Path(reports_dir) / "latest").models_dir
-    entries = [entry_for(p) for p in sorted(models.glob("*.keras"))] if models.is_dir() else []
+    """Exported models of ``reports_dir/latest``, best first (highest CV macro AUC, the report's rule).
+    A crop pipeline (notebook 05: segmenter + classifier of the crop) is left to ``predict``: the
+    app runs one network per image."""
+    entries = [entry_for(p) for p in ResultsStore(Path(reports_dir) / "latest").exported_models()]
+    entries = [e for e in entries if not e.card.get("pipeline")]
     return sorted(entries, key=lambda e: (e.macro_auc is None, -(e.macro_auc or 0.0), e.name))
 
 

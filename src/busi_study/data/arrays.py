@@ -2,8 +2,11 @@
 
 ``data/processed/<dataset>/cache/arrays/images_<size>_<preprocessing>_<manifest-hash>.npy`` holds
 uint8 RGB images of shape (n, size, size, 3) in manifest order. Resizing is a plain resize to
-a square (as the source studies do); ``preprocessing="clahe"`` applies contrast-limited
-histogram equalisation to the grey values first (S1's enhancement step, as an option).
+a square (as the source studies do); ``preprocessing`` names one of S1's enhancement steps
+(:mod:`busi_study.data.enhance`), applied at the original resolution before the resize.
+``cache/arrays/masks_<size>_<manifest-hash>.npy`` holds the OR-merged lesion masks (PROTOCOL §1;
+empty for normal images) resized the same way, as uint8 0/1 (n, size, size): training targets and
+evaluation references only, never a model input.
 """
 
 from __future__ import annotations
@@ -15,24 +18,26 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .images import read_rgb
-from .store import ProcessedData, sha256_of
+from .enhance import ENHANCEMENTS, enhance
+from .images import mask_paths, merged_mask, read_rgb
+from .store import ProcessedData, atomic_path, sha256_of
 
-PREPROCESSING = ("none", "clahe")
+PREPROCESSING = tuple(ENHANCEMENTS)
 
 
 def _prepare(rgb: np.ndarray, size: int, preprocessing: str) -> np.ndarray:
-    if preprocessing == "clahe":
-        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-        grey = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(grey)
-        rgb = np.repeat(grey[..., None], 3, axis=2)
-    return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
+    return cv2.resize(enhance(rgb, preprocessing), (size, size), interpolation=cv2.INTER_AREA)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """A boolean (H, W) mask as uint8 0/1 (size, size): area-resized, then at least half covered."""
+    return (cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA) >= 0.5).astype(np.uint8)
 
 
 def load_image_array(store: ProcessedData, size: int, preprocessing: str = "none", progress: bool = True) -> np.ndarray:
     """All manifest images resized to ``size``×``size``: uint8 array (n, size, size, 3), cached."""
     if preprocessing not in PREPROCESSING:
-        raise ValueError(f"preprocessing must be one of {PREPROCESSING}")
+        raise ValueError(f"preprocessing must be one of {', '.join(PREPROCESSING)}")
     manifest = store.read("manifest")
     key = sha256_of(store.manifest)[:12]
     path = store.cache_dir / "arrays" / f"images_{size}_{preprocessing}_{key}.npy"
@@ -48,6 +53,31 @@ def load_image_array(store: ProcessedData, size: int, preprocessing: str = "none
     tmp = path.with_name(path.stem + ".tmp.npy")
     np.save(tmp, arr)
     tmp.replace(path)
+    return arr
+
+
+def load_mask_array(store: ProcessedData, size: int, progress: bool = True) -> np.ndarray:
+    """OR-merged lesion masks of all manifest images at ``size``: uint8 0/1 (n, size, size), cached.
+
+    Normal images (and any image without a usable mask) get an empty mask."""
+    manifest = store.read("manifest")
+    key = sha256_of(store.manifest)[:12]
+    path = store.cache_dir / "arrays" / f"masks_{size}_{key}.npy"
+    if path.exists():
+        arr = np.load(path)
+        if arr.shape == (len(manifest), size, size):
+            return arr
+    root = Path(store.raw_root())
+    arr = np.zeros((len(manifest), size, size), dtype=np.uint8)
+    rows = list(manifest.itertuples(index=False))
+    for i, row in enumerate(tqdm(rows, desc=f"decoding masks at {size}px", disable=not progress, mininterval=2)):
+        paths = mask_paths(row._asdict(), root)
+        if paths:
+            h, w = read_rgb(root / row.path).shape[:2]
+            arr[i] = resize_mask(merged_mask(paths, (h, w)), size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        np.save(tmp, arr)
     return arr
 
 

@@ -6,6 +6,10 @@ upsampled to the original image size and compared with the OR-merged mask: point
 (maximum inside the mask dilated by ``tolerance`` × diagonal), energy inside the mask, and IoU
 of the map thresholded at the level that maximises IoU on that fold's *validation* lesions. The
 same measures for a centred Gaussian map (its threshold chosen the same way) are the baseline.
+
+A crop pipeline (notebook 05) classifies a crop around the lesion its fold's segmenter predicted:
+its fold model is explained on the crop it saw, and the map is pasted back into the box the crop
+was cut from (zero elsewhere), so its measures are in whole-image coordinates like every other model's.
 """
 
 from __future__ import annotations
@@ -28,6 +32,42 @@ MEASURES = ("pointing_hit", "energy_inside", "iou")
 
 def model_input_size(model: ModelResults) -> int:
     return int(model.recipe["input_size"])
+
+
+class ModelInputs:
+    """What a model's fold models take (whole images, or each fold's crops for a crop pipeline) and
+    how a map on those inputs goes back to the original image."""
+
+    def __init__(self, trained: ModelResults, store: ProcessedData) -> None:
+        self.size = model_input_size(trained)
+        self.store = store
+        boxes = trained.table("boxes") if trained.record.get("pipeline") else None
+        self.boxes = None if boxes is None else boxes.set_index(["fold", "image_id"])
+        self.ids = labels_and_groups(store)["image_id"].tolist()
+        self._whole = None
+        self._originals = None
+
+    def images(self, fold: int) -> np.ndarray:
+        """uint8 (n, size, size, 3) in manifest order: the inputs fold ``fold``'s model sees."""
+        if self.boxes is None:
+            if self._whole is None:
+                self._whole = load_image_array(self.store, self.size, progress=False)
+            return self._whole
+        from ..models.lesion_pipeline import BOX_COLUMNS, crop, load_originals
+
+        if self._originals is None:
+            self._originals = load_originals(self.store)
+        b = self.boxes.loc[int(fold)].loc[self.ids, list(BOX_COLUMNS)].to_numpy()
+        return np.stack([crop(im, box, self.size) for im, box in zip(self._originals, b)])
+
+    def to_image(self, maps, fold: int, ids: list[str], shapes: list[tuple[int, int]]) -> list[np.ndarray]:
+        """Maps on the inputs → maps of the original images' shapes (pasted into the crop box)."""
+        if self.boxes is None:
+            return upsample(maps, shapes)
+        from ..models.lesion_pipeline import BOX_COLUMNS, paste
+
+        return [paste(m, self.boxes.loc[(int(fold), i), list(BOX_COLUMNS)].to_numpy(), shape)
+                for m, i, shape in zip(maps, ids, shapes)]
 
 
 def model_gradcam_layer(model: ModelResults) -> str | None:
@@ -61,15 +101,16 @@ def explain_model(trained: ModelResults, store: ProcessedData, splits: pd.DataFr
 
     from ..models import builders  # noqa: F401  (registers the preprocessing layer)
 
-    name, input_size, layer = trained.name, model_input_size(trained), model_gradcam_layer(trained)
+    name, layer = trained.name, model_gradcam_layer(trained)
     table = labels_and_groups(store)
     pos = {k: i for i, k in enumerate(table["image_id"])}
-    images = load_image_array(store, input_size, progress=False)
+    inputs = ModelInputs(trained, store)
     rows, thresholds, examples = [], {}, {}
     lesion = table["label"].isin(["benign", "malignant"])
     for fold in tqdm(sorted(splits["fold"].unique()), desc=f"Grad-CAM {name}", disable=not progress):
         part = splits[splits["fold"] == fold]
         model = keras.models.load_model(trained.fold_model_path(fold), compile=False)
+        images = inputs.images(fold)
         ids = {role: [i for i in part.loc[part["role"] == role, "image_id"] if lesion.iloc[pos[i]]] for role in ("val", "test")}
         if max_per_fold:
             ids = {k: v[:max_per_fold] for k, v in ids.items()}
@@ -77,7 +118,8 @@ def explain_model(trained: ModelResults, store: ProcessedData, splits: pd.DataFr
         vidx = np.array([pos[i] for i in ids["val"]])
         vmasks = lesion_masks(store, ids["val"])
         vy = table["label"].iloc[vidx].map(CLASS_INDEX).to_numpy()
-        vmaps = upsample(gradcam(model, images[vidx].astype(np.float32), vy, layer, method), [m.shape for m in vmasks])
+        vmaps = inputs.to_image(gradcam(model, images[vidx].astype(np.float32), vy, layer, method), fold, ids["val"],
+                                [m.shape for m in vmasks])
         thr = choose_iou_threshold(vmaps, vmasks)
         thr_base = choose_iou_threshold([np.asarray(b) for b in _gaussians(vmasks)], vmasks)
         thresholds[int(fold)] = {"map": thr, "baseline": thr_base}
@@ -87,11 +129,13 @@ def explain_model(trained: ModelResults, store: ProcessedData, splits: pd.DataFr
         proba = np.asarray(model.predict(x, verbose=0))
         pred = proba.argmax(axis=1)
         true = table["label"].iloc[tidx].map(CLASS_INDEX).to_numpy()
-        maps_pred = upsample(gradcam(model, x, pred, layer, method), [m.shape for m in tmasks])
+        maps_pred = inputs.to_image(gradcam(model, x, pred, layer, method), fold, ids["test"], [m.shape for m in tmasks])
         same = pred == true
         maps_true = list(maps_pred)
         if (~same).any():
-            other = upsample(gradcam(model, x[~same], true[~same], layer, method), [m.shape for k, m in enumerate(tmasks) if not same[k]])
+            wrong = [i for k, i in enumerate(ids["test"]) if not same[k]]
+            other = inputs.to_image(gradcam(model, x[~same], true[~same], layer, method), fold, wrong,
+                                    [m.shape for k, m in enumerate(tmasks) if not same[k]])
             for k, m in zip(np.flatnonzero(~same), other):
                 maps_true[k] = m
         lp = localisation_table(maps_pred, tmasks, thr, tolerance, ids["test"])
@@ -117,21 +161,21 @@ def explain_images(trained: ModelResults, store: ProcessedData, splits: pd.DataF
 
     from ..models import builders  # noqa: F401  (registers the preprocessing layer)
 
-    input_size, layer = model_input_size(trained), model_gradcam_layer(trained)
+    layer = model_gradcam_layer(trained)
     table = labels_and_groups(store)
     pos = {k: i for i, k in enumerate(table["image_id"])}
     manifest = store.read("manifest").set_index("image_id")
     test = splits[splits["role"] == "test"].set_index("image_id")["fold"]
-    images = load_image_array(store, input_size, progress=False)
+    inputs = ModelInputs(trained, store)
     out: dict[str, np.ndarray] = {}
     wanted = [i for i in dict.fromkeys(image_ids) if i in test.index]
     for fold in sorted({int(test[i]) for i in wanted}):
         ids = [i for i in wanted if int(test[i]) == fold]
         model = keras.models.load_model(trained.fold_model_path(fold), compile=False)
-        x = images[[pos[i] for i in ids]].astype(np.float32)
+        x = inputs.images(fold)[[pos[i] for i in ids]].astype(np.float32)
         pred = np.asarray(model.predict(x, verbose=0)).argmax(axis=1)
         shapes = [(int(manifest.loc[i, "height"]), int(manifest.loc[i, "width"])) for i in ids]
-        for i, m in zip(ids, upsample(gradcam(model, x, pred, layer, method), shapes)):
+        for i, m in zip(ids, inputs.to_image(gradcam(model, x, pred, layer, method), fold, ids, shapes)):
             out[i] = m
         keras.backend.clear_session()
     return out
@@ -175,7 +219,7 @@ def sanity_check_table(model: ModelResults, store: ProcessedData, splits: pd.Dat
     test0 = splits[(splits["fold"] == 0) & (splits["role"] == "test")]["image_id"]
     ids = [i for i in test0 if label[i] != "normal"][:n_images]
     pos = {k: i for i, k in enumerate(table["image_id"])}
-    x = load_image_array(store, model_input_size(model), progress=False)[[pos[i] for i in ids]].astype(np.float32)
+    x = ModelInputs(model, store).images(0)[[pos[i] for i in ids]].astype(np.float32)
     net = keras.models.load_model(model.fold_model_path(0), compile=False)
     out = sanity_check(net, x, None, model_gradcam_layer(model), n_layers, seed, method=method)
     keras.backend.clear_session()

@@ -50,6 +50,16 @@ class BackbonePreprocess(layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+@keras.saving.register_keras_serializable(package="busi_study")
+class AttentionPool(layers.Layer):
+    """Σ a·F / Σ a over the spatial positions: features F (n, h, w, C) pooled under a map a (n, h, w, 1)."""
+
+    def call(self, inputs):
+        f, a = inputs
+        ops = keras.ops
+        return ops.sum(f * a, axis=(1, 2)) / (ops.sum(a, axis=(1, 2)) + 1e-6)
+
+
 def s2_cnn(input_size: int = 180, n_classes: int = N_CLASSES) -> keras.Model:
     """S2's network exactly: Rescaling(1/255) → [Conv 3×3 same ReLU → MaxPool] × (16, 32, 64)
     → Flatten → Dense 128 ReLU → Dense(n) (softmax here, so every model outputs probabilities)."""

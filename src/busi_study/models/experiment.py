@@ -61,11 +61,16 @@ class CVResult:
 class Experiment:
     """See the module docstring. ``store`` is the processed dataset; ``seed`` fixes views and init."""
 
-    def __init__(self, recipe: Recipe, store: ProcessedData, seed: int = 42, progress: bool = True) -> None:
+    def __init__(self, recipe: Recipe, store: ProcessedData, seed: int = 42, progress: bool = True,
+                 images: np.ndarray | None = None, images_key: str | None = None) -> None:
+        """``images``: use these uint8 (n, size, size, 3) images (manifest order) instead of the
+        decoded dataset, e.g. crops around predicted lesions; their cached views are kept on disk
+        only when ``images_key`` (what made them) is given."""
         self.recipe = recipe
         self.store = store
         self.seed = seed
         self.progress = progress
+        self.images, self.images_key = images, images_key
         self.table = labels_and_groups(store)
         self.y = self.table["label_idx"].to_numpy()
         self.views: np.ndarray | None = None
@@ -73,10 +78,13 @@ class Experiment:
         self.determinism: dict = {}
 
     # ---------- preparation: networks and cached views ----------
-    def _cache_path(self, what: str) -> Path:
+    def _cache_path(self, what: str) -> Path | None:
         r = self.recipe
+        if self.images is not None and self.images_key is None:
+            return None
+        extra = () if self.images is None else (self.images_key,)
         key = cache_key(what, r.backbone, sorted(r.backbone_kwargs.items()), r.weights, r.input_size, r.unfreeze_blocks,
-                        r.n_views, self.seed, r.augment.key(), r.preprocessing, sha256_of(self.store.manifest))
+                        r.n_views, self.seed, r.augment.key(), r.preprocessing, sha256_of(self.store.manifest), *extra)
         return self.store.cache_dir / "features" / f"{r.backbone or 'images'}-{what}-{key}.npy"
 
     def prepare(self) -> Experiment:
@@ -91,7 +99,8 @@ class Experiment:
         # deterministic ops unless switched off to measure their cost (BUSI_DETERMINISTIC=0)
         self.determinism = enable() if os.environ.get("BUSI_DETERMINISTIC", "1") != "0" else {"op_determinism": False}
         t0 = time.perf_counter()
-        images = load_image_array(self.store, r.input_size, r.preprocessing, progress=self.progress)
+        images = self.images if self.images is not None else load_image_array(self.store, r.input_size, r.preprocessing,
+                                                                             progress=self.progress)
         self.timing["decode_s"] = round(time.perf_counter() - t0, 1)
         if r.kind == "scratch":
             t0 = time.perf_counter()
@@ -180,30 +189,7 @@ class Experiment:
 
     def cross_validate(self, splits: pd.DataFrame, seed: int | None = None, tta: bool = True, on_fold=None) -> CVResult:
         """Run every outer fold of ``splits`` (one seed) and collect out-of-fold predictions."""
-        seed = int(splits["seed"].iloc[0]) if seed is None else seed
-        oof, oof_tta, val_rows, hist, timing, models = [], [], [], [], [], []
-        for fold in sorted(splits["fold"].unique()):
-            idx = self.fold_indices(splits, fold)
-            fm = self.fit(idx["train"], idx["val"], seed + 1000 * int(fold))
-            p = self.predict(fm, idx["test"])
-            oof.append(self._frame(idx["test"], p, fold))
-            if tta:
-                oof_tta.append(self._frame(idx["test"], self.predict(fm, idx["test"], tta=True), fold))
-            val_rows.append(self._frame(idx["val"], self.predict(fm, idx["val"]), fold))
-            for ph, res in enumerate(fm.phases, start=1):
-                hist.append(res.history.assign(fold=int(fold), phase=ph))
-            timing.append({"fold": int(fold), "seconds": fm.seconds, "best_epochs": fm.best_epochs})
-            if self.progress:
-                acc = float((p.argmax(axis=1) == self.y[idx["test"]]).mean())
-                print(f"  {self.recipe.name} fold {fold}: {len(idx['train'])} train / {len(idx['val'])} val / "
-                      f"{len(idx['test'])} test, best epoch(s) {fm.best_epochs}, {fm.seconds:.0f} s, test accuracy {acc:.3f}",
-                      flush=True)
-            models.append(fm)
-            if on_fold:
-                on_fold(int(fold), fm, p, idx)
-        cat = lambda xs: pd.concat(xs, ignore_index=True).sort_values(["fold", "image_id"]).reset_index(drop=True)  # noqa: E731
-        return CVResult(cat(oof), cat(oof_tta) if tta else None, cat(val_rows), pd.concat(hist, ignore_index=True),
-                        pd.DataFrame(timing), models)
+        return run_folds(lambda fold: self, splits, seed, tta, on_fold)
 
     def _frame(self, idx: np.ndarray, proba: np.ndarray, fold: int) -> pd.DataFrame:
         t = self.table.iloc[idx]
@@ -225,3 +211,34 @@ class Experiment:
         for layer in model.layers:
             layer.trainable = False
         return model
+
+
+def run_folds(experiment_of_fold, splits: pd.DataFrame, seed: int | None = None, tta: bool = True, on_fold=None) -> CVResult:
+    """The outer folds of ``splits`` (one seed): ``experiment_of_fold(fold)`` gives the prepared
+    :class:`Experiment` whose views that fold trains and tests on (the same one for every fold,
+    or one per fold when the inputs depend on the fold, e.g. crops from that fold's segmenter)."""
+    seed = int(splits["seed"].iloc[0]) if seed is None else seed
+    oof, oof_tta, val_rows, hist, timing, models = [], [], [], [], [], []
+    for fold in sorted(splits["fold"].unique()):
+        ex = experiment_of_fold(int(fold))
+        idx = ex.fold_indices(splits, fold)
+        fm = ex.fit(idx["train"], idx["val"], seed + 1000 * int(fold))
+        p = ex.predict(fm, idx["test"])
+        oof.append(ex._frame(idx["test"], p, fold))
+        if tta:
+            oof_tta.append(ex._frame(idx["test"], ex.predict(fm, idx["test"], tta=True), fold))
+        val_rows.append(ex._frame(idx["val"], ex.predict(fm, idx["val"]), fold))
+        for ph, res in enumerate(fm.phases, start=1):
+            hist.append(res.history.assign(fold=int(fold), phase=ph))
+        timing.append({"fold": int(fold), "seconds": fm.seconds, "best_epochs": fm.best_epochs})
+        if ex.progress:
+            acc = float((p.argmax(axis=1) == ex.y[idx["test"]]).mean())
+            print(f"  {ex.recipe.name} fold {fold}: {len(idx['train'])} train / {len(idx['val'])} val / "
+                  f"{len(idx['test'])} test, best epoch(s) {fm.best_epochs}, {fm.seconds:.0f} s, test accuracy {acc:.3f}",
+                  flush=True)
+        models.append(fm)
+        if on_fold:
+            on_fold(int(fold), fm, p, idx)
+    cat = lambda xs: pd.concat(xs, ignore_index=True).sort_values(["fold", "image_id"]).reset_index(drop=True)  # noqa: E731
+    return CVResult(cat(oof), cat(oof_tta) if tta else None, cat(val_rows), pd.concat(hist, ignore_index=True),
+                    pd.DataFrame(timing), models)

@@ -160,8 +160,10 @@ def export_final(ex: Experiment, cv: CVResult, ev: Evaluation, results: ResultsS
 
 
 def write_results(run: ModelRun, store: ProcessedData, results: ResultsStore, *, seed: int, models: ModelParams,
-                  bootstrap: BootstrapParams) -> None:
-    """Predictions, histories, timing and metrics (JSON + CSV) under ``results/<name>/``."""
+                  bootstrap: BootstrapParams, extra: dict | None = None,
+                  extra_tables: dict[str, pd.DataFrame] | None = None) -> None:
+    """Predictions, histories, timing and metrics (JSON + CSV) under ``results/<name>/``; ``extra``
+    adds keys to the record (e.g. a crop pipeline's segmenter), ``extra_tables`` more tables."""
     cv, ev = run.cv, run.evaluation
     record = {
         "model": run.recipe.name, "title": run.recipe.title, "recipe": run.recipe.as_dict(),
@@ -186,9 +188,10 @@ def write_results(run: ModelRun, store: ProcessedData, results: ResultsStore, *,
         "packages": provenance.package_versions(),
         "hardware": provenance.hardware(),
         "params": {"seed": seed, **asdict(models), **{f"bootstrap_{k}": v for k, v in asdict(bootstrap).items()}},
+        **(extra or {}),
     }
     tables = {"oof": cv.oof, "val": cv.val, "oof_tta": cv.oof_tta, "history": cv.history,
-              "pooled": ev.pooled, "per_fold": ev.per_fold}
+              "pooled": ev.pooled, "per_fold": ev.per_fold, **(extra_tables or {})}
     results.write_trained(run.recipe.name, tables, record)
 
 

@@ -81,15 +81,18 @@ REGISTRY: dict[str, BackboneSpec] = {
     "mobilenet_v2": BackboneSpec(
         name="mobilenet_v2", constructor="MobileNetV2", preprocess="tf", input_size=224, gradcam_layer="out_relu",
         blocks=_mnv2_blocks(), always_trainable_top=("Conv_1", "Conv_1_bn", "out_relu"), source_study="S0",
-        defaults={"alpha": 1.0}, feature_layers={"C4": "block_13_expand_relu", "C5": "out_relu"},
+        defaults={"alpha": 1.0}, feature_layers={"C2": "block_3_expand_relu", "C3": "block_6_expand_relu",
+                                                 "C4": "block_13_expand_relu", "C5": "out_relu"},
     ),
     "resnet50": BackboneSpec(
         name="resnet50", constructor="ResNet50", preprocess="caffe", input_size=224, gradcam_layer="conv5_block3_out",
         blocks=_resnet_blocks((3, 6, 4, 3)), source_study="S3",
+        feature_layers={"C2": "conv2_block3_out", "C3": "conv3_block4_out", "C4": "conv4_block6_out", "C5": "conv5_block3_out"},
     ),
     "resnet101": BackboneSpec(
         name="resnet101", constructor="ResNet101", preprocess="caffe", input_size=224, gradcam_layer="conv5_block3_out",
         blocks=_resnet_blocks((3, 23, 4, 3)), source_study="S1",
+        feature_layers={"C2": "conv2_block3_out", "C3": "conv3_block4_out", "C4": "conv4_block23_out", "C5": "conv5_block3_out"},
     ),
     "mobilenet_v3_small": BackboneSpec(
         name="mobilenet_v3_small", constructor="MobileNetV3Small", preprocess="none", input_size=224,

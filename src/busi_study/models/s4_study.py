@@ -253,8 +253,8 @@ def best_three_class(results: ResultsStore, metric: str = "benign_vs_malignant_a
     best, best_v = None, -np.inf
     for name, record in results.records().items():
         res = results.load(name)
-        if not res.fold_model_paths() or not results.exported_model_path(name).exists():
-            continue
+        if not res.fold_model_paths() or not results.exported_model_path(name).exists() or record.get("pipeline"):
+            continue  # a crop pipeline's networks take crops, not images
         pooled = {r["metric"]: r["value"] for r in record["pooled"]}
         v = pooled.get(metric, np.nan)
         if np.isfinite(v) and v > best_v:

@@ -20,7 +20,9 @@ CHECK_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "mali
 TABLE_PATTERNS = ("comparison_*.csv", "comparison_*.md", "*_claims_vs_ours.csv", "*_source_protocol.csv",
                   "*_benchmark_*.csv", "splits_per_fold.csv", "data_reference_check.csv", "duplicates_label_conflicts.csv",
                   "eda_intensity_vs_s0.csv", "localisation*.csv", "calibration*.csv", "error_*.csv", "external_*.csv",
-                  "s4_backbones.csv", "s4_metrics_binary.csv", "s4_paired_*.csv", "s4_tflite_targets.csv", "s4_wall_times.csv")
+                  "s4_backbones.csv", "s4_metrics_binary.csv", "s4_paired_*.csv", "s4_tflite_targets.csv", "s4_wall_times.csv",
+                  "s1_enhancement_*.csv", "s1_segmentation_summary.csv", "s1_segmentation_shortcut.csv", "s1_candidates_*.csv",
+                  "s1_seed_comparison*.csv", "*_margins.csv")
 #: External-validation metrics that ``--check-reference`` compares (PROTOCOL.md §9).
 EXTERNAL_CHECK_METRICS = ("auc", "sensitivity_spec90", "specificity_spec90", "ece")
 README_START, README_END = "<!-- reference-results:start -->", "<!-- reference-results:end -->"
@@ -40,7 +42,7 @@ def export_reference(run_dir: Path, ref_dir: Path, readme: Path | None = None) -
         for f in sorted((run_dir / "tables").glob(pattern)):
             shutil.copy2(f, ref_dir / f.name)
             written.append(ref_dir / f.name)
-    for d in sorted((run_dir / "results").glob("*")):
+    for d in sorted([*(run_dir / "results").glob("*"), *(run_dir / "results_segmentation").glob("*")]):
         for name in ("metrics.json", "SKIPPED.json"):
             if (d / name).exists():
                 target = ref_dir / "metrics" / f"{d.name}{'' if name == 'metrics.json' else '.SKIPPED'}.json"
