@@ -380,3 +380,24 @@ def test_two_stream_pipeline_exports_and_predicts(tmp_path, seg_cv, demo_store):
     table = predict_files(loaded, files)
     assert (table["error"] == "").all()
     np.testing.assert_allclose(table[["p_normal", "p_benign", "p_malignant"]].sum(axis=1), 1, atol=1e-5)
+
+
+def test_best_weights_keeps_the_lowest_validation_loss_and_stops_after_patience():
+    from busi_study.models.training import BestWeights
+
+    class Model:
+        w = [np.zeros(1)]
+
+        def get_weights(self):
+            return [a.copy() for a in self.w]
+
+        def set_weights(self, ws):
+            self.w = ws
+
+    m, stop = Model(), BestWeights(patience=2)
+    for epoch, loss in enumerate([1.0, 0.5, 0.7, 0.6], start=1):
+        m.w = [np.array([float(epoch)])]
+        if stop.stop_after(m, epoch, loss):
+            break
+    assert epoch == 4 and stop.restore(m, epoch) == 2 and m.w[0][0] == 2.0
+    assert BestWeights(None).restore(m, 7) == 7  # nothing recorded: the last epoch is kept

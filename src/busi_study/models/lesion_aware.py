@@ -30,7 +30,7 @@ from ..data.arrays import labels_and_groups, load_mask_array
 from ..data.store import ProcessedData
 from ..info import PROBA_COLUMNS
 from .experiment import Experiment, FoldModel, run_folds
-from .training import TrainConfig, TrainResult, balanced_class_weight
+from .training import BestWeights, TrainConfig, TrainResult, balanced_class_weight
 
 CANDIDATES = ("attention", "two_stream", "two_stream_hires")
 
@@ -153,7 +153,7 @@ class CandidateExperiment:
             targets = lambda idx: self.y[idx]  # noqa: E731
         cw = balanced_class_weight(self.y[train_idx]) if cfg.class_weight else None
         rng = np.random.default_rng(seed)
-        rows, best, best_loss, best_epoch, waited = [], None, np.inf, 0, 0
+        rows, stopper = [], BestWeights(cfg.patience)
         t_start = time.perf_counter()
         for epoch in range(1, ((epochs or [None])[0] or cfg.epochs) + 1):
             t0 = time.perf_counter()
@@ -169,18 +169,9 @@ class CandidateExperiment:
                 row["val_accuracy"] = float((p.argmax(1) == self.y[val_idx]).mean())
             row["seconds"] = round(time.perf_counter() - t0, 2)
             rows.append(row)
-            if val_idx is None or not len(val_idx):
-                continue
-            if row["val_loss"] < best_loss - 1e-6:
-                best_loss, best_epoch, waited, best = row["val_loss"], epoch, 0, [w.copy() for w in head.get_weights()]
-            else:
-                waited += 1
-                if cfg.patience is not None and waited >= cfg.patience:
-                    break
-        if best is not None:
-            head.set_weights(best)
-        else:
-            best_epoch = len(rows)
+            if "val_loss" in row and stopper.stop_after(head, epoch, row["val_loss"]):
+                break
+        best_epoch = stopper.restore(head, len(rows))
         res = TrainResult(pd.DataFrame(rows), best_epoch, round(time.perf_counter() - t_start, 1))
         return FoldModel(head, head, [res])
 

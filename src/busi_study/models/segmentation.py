@@ -29,7 +29,7 @@ from ..data.store import ProcessedData, atomic_path, sha256_of
 from ..evaluation.bootstrap import bootstrap_mean_ci, resample_weights
 from .features import cache_key
 from .registry import feature_tensors, get_spec
-from .training import TrainConfig
+from .training import BestWeights, TrainConfig
 
 LEVELS = ("C2", "C3", "C4", "C5")  # output strides 4, 8, 16, 32
 
@@ -293,7 +293,7 @@ class SegmentationExperiment:
         dec = unet_decoder([tuple(a.shape[2:]) for a in self.views], r.decoder_channels)
         dec.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=seg_loss)
         rng = np.random.default_rng(seed)
-        rows, best, best_loss, best_epoch, waited = [], None, np.inf, 0, 0
+        rows, stopper = [], BestWeights(cfg.patience)
         t_start = time.perf_counter()
         for epoch in range(1, (epochs or cfg.epochs) + 1):
             t0 = time.perf_counter()
@@ -308,18 +308,9 @@ class SegmentationExperiment:
                                                      batch_size=32, verbose=0))
             row["seconds"] = round(time.perf_counter() - t0, 2)
             rows.append(row)
-            if val_idx is None or not len(val_idx):
-                continue
-            if row["val_loss"] < best_loss - 1e-6:
-                best_loss, best_epoch, waited, best = row["val_loss"], epoch, 0, [w.copy() for w in dec.get_weights()]
-            else:
-                waited += 1
-                if cfg.patience is not None and waited >= cfg.patience:
-                    break
-        if best is not None:
-            dec.set_weights(best)
-        else:
-            best_epoch = len(rows)
+            if "val_loss" in row and stopper.stop_after(dec, epoch, row["val_loss"]):
+                break
+        best_epoch = stopper.restore(dec, len(rows))
         return dec, pd.DataFrame(rows), best_epoch, round(time.perf_counter() - t_start, 1)
 
     def predict(self, dec, idx: np.ndarray | None = None) -> np.ndarray:

@@ -48,6 +48,29 @@ class TrainResult:
     seconds: float
 
 
+class BestWeights:
+    """Early stopping on the validation loss with a copy of the best weights (the loops of the
+    segmenter and the lesion-aware heads, which train on more than one target)."""
+
+    def __init__(self, patience: int | None) -> None:
+        self.patience, self.best, self.loss, self.epoch, self.waited = patience, None, np.inf, 0, 0
+
+    def stop_after(self, model, epoch: int, val_loss: float) -> bool:
+        """Record one epoch's validation loss; True when patience has run out."""
+        if val_loss < self.loss - 1e-6:
+            self.loss, self.epoch, self.waited, self.best = val_loss, epoch, 0, [w.copy() for w in model.get_weights()]
+            return False
+        self.waited += 1
+        return self.patience is not None and self.waited >= self.patience
+
+    def restore(self, model, epochs_run: int) -> int:
+        """Put the best weights back (if any were recorded); return the epoch kept."""
+        if self.best is None:
+            return epochs_run
+        model.set_weights(self.best)
+        return self.epoch
+
+
 def balanced_class_weight(y: np.ndarray, n_classes: int = len(CLASSES)) -> dict[int, float]:
     """n / (k · count_c) for each class present (sklearn's 'balanced')."""
     counts = np.bincount(y, minlength=n_classes)
