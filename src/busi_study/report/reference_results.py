@@ -71,6 +71,10 @@ def _reference_readme(meta: dict) -> str:
         "",
         f"Total wall time {meta['wall_s']:.0f} s; per notebook: " + ", ".join(f"{k} {v:.0f} s" for k, v in wall.items()) + ".",
         "",
+        *([f"This run built on the complete run `{meta['partial_of']}` (`--only` / `--from`): notebooks "
+           + ", ".join(n["name"] for n in meta.get("notebooks", []) if n.get("from_run"))
+           + " and their results were carried over from it (their wall times are that run's); the total wall time "
+           "counts this run's notebooks only.", ""] if meta.get("partial_of") else []),
         "`comparison_models.csv` / `.md`: one row per model, pooled out-of-fold metrics under grouped 5-fold CV with 95 % "
         "group-bootstrap CIs; `metrics/<model>.json`: everything measured for that model (per fold, operating points, "
         "secondary analysis without label-conflict groups, TTA, timing per fold, weights used, versions, hardware). "
