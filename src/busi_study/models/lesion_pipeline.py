@@ -134,13 +134,13 @@ def crop_cv(recipe: Recipe, source: CropSource, splits: pd.DataFrame, margin: fl
     return run_folds(experiment, splits, seed, tta)
 
 
-def val_log_loss(cv: CVResult) -> float:
-    """Pooled log loss of the folds' inner-validation predictions (what choices are made on)."""
+def val_scores(cv: CVResult) -> tuple[float, float]:
+    """Pooled log loss and accuracy of the folds' inner-validation predictions (what choices are made on)."""
     from ..info import CLASS_INDEX, PROBA_COLUMNS
 
     y = cv.val["label"].map(CLASS_INDEX).to_numpy()
     p = np.clip(cv.val[list(PROBA_COLUMNS)].to_numpy(), 1e-7, 1.0)
-    return float(-np.mean(np.log(p[np.arange(len(y)), y])))
+    return float(-np.mean(np.log(p[np.arange(len(y)), y]))), float((p.argmax(1) == y).mean())
 
 
 def choose_margin(proxy: Recipe, source: CropSource, splits: pd.DataFrame, margins: list[float], *, seed: int,
@@ -151,10 +151,8 @@ def choose_margin(proxy: Recipe, source: CropSource, splits: pd.DataFrame, margi
     for m in margins:
         t0 = time.perf_counter()
         cv = crop_cv(replace(proxy, n_views=1), source, splits, m, seed=seed, tta=False, progress=False)
-        from ..info import CLASS_INDEX, PROBA_COLUMNS
-
-        acc = float((cv.val[list(PROBA_COLUMNS)].to_numpy().argmax(1) == cv.val["label"].map(CLASS_INDEX).to_numpy()).mean())
-        rows.append({"margin": m, "val_log_loss": val_log_loss(cv), "val_accuracy": acc, "n_val": len(cv.val),
+        loss, acc = val_scores(cv)
+        rows.append({"margin": m, "val_log_loss": loss, "val_accuracy": acc, "n_val": len(cv.val),
                      "seconds": round(time.perf_counter() - t0, 1)})
         if progress:
             print(f"  margin {m}: validation log loss {rows[-1]['val_log_loss']:.4f}, accuracy {acc:.3f}", flush=True)
@@ -169,7 +167,7 @@ def s1_protocol(seg: SegmentationExperiment, recipe: Recipe, originals: list[np.
     """S1's own protocol: a random *image-level* split (repeated), segmenter and classifier trained
     on the training part, the classifier for a fixed number of epochs per phase (S1: 3), tested on
     the random test part; the test images with a near-duplicate in training are counted."""
-    y = seg.table["label"].map({"normal": 0, "benign": 1, "malignant": 2}).to_numpy()
+    y = seg.table["label_idx"].to_numpy()
     g = seg.table["group_id"].to_numpy()
     idx = np.arange(len(y))
     rows = []

@@ -24,7 +24,7 @@ from ..params import BootstrapParams, ModelParams, S0Params, S1Params
 from ..results import ResultsStore
 from .experiment import CVResult, Experiment
 from .lesion_aware import CandidateRecipe
-from .lesion_pipeline import CropSource, boxes_of, choose_margin, crop, crop_cv, load_originals, val_log_loss
+from .lesion_pipeline import CropSource, boxes_of, choose_margin, crop_cv, load_originals, val_scores
 from .lesion_pipeline import crop as crop_image
 from .model_run import ModelRun, check_weights, data_hashes, final_epochs, model_card, write_results
 from .recipes import Recipe, augment_config, backbone_kwargs, s0_recipe, train_config
@@ -231,7 +231,7 @@ def export_pipeline(seg: SegRun, cv: CVResult, ev: Evaluation, recipe: Recipe, s
     dec, _, _, _ = ex_seg.fit(np.arange(n), None, seed + 99, epochs=seg_epochs)
     maps = ex_seg.predict(dec)
     boxes, _ = boxes_of(maps, seg.recipe.threshold, seg.recipe.min_area, margin)
-    crops = np.stack([crop(im, b, recipe.input_size) for im, b in zip(source.originals, boxes)])
+    crops = np.stack([crop_image(im, b, recipe.input_size) for im, b in zip(source.originals, boxes)])
     ex = Experiment(recipe, store, seed=seed, progress=False, images=crops).prepare()
     epochs = final_epochs(cv)
     fm = ex.fit(np.arange(n), None, seed + 99, epochs=epochs)
@@ -323,9 +323,8 @@ def run_candidates(s1: S1Params, s0: S0Params, models: ModelParams, crop: CropRu
         cv = candidate_cv(r, store, splits, seed=seed, source=crop.source if crop else None,
                           margin=crop.margin if crop else None, progress=progress)
         cvs[r.name] = cv
-        acc = float((cv.val[["p_normal", "p_benign", "p_malignant"]].to_numpy().argmax(1)
-                     == cv.val["label"].map({"normal": 0, "benign": 1, "malignant": 2}).to_numpy()).mean())
-        rows.append({"candidate": r.name, "kind": r.kind, "val_log_loss": val_log_loss(cv), "val_accuracy": acc,
+        loss, acc = val_scores(cv)
+        rows.append({"candidate": r.name, "kind": r.kind, "val_log_loss": loss, "val_accuracy": acc,
                      "n_val": len(cv.val), "seconds": round(time.perf_counter() - t0, 1)})
     table = pd.DataFrame(rows)
     scored = table.dropna(subset=["val_log_loss"]) if "val_log_loss" in table else table.iloc[0:0]
