@@ -245,7 +245,9 @@ def test_only_run_links_files_and_never_changes_the_run_it_builds_on(study):
     tmp, _, _ = study
     base = (tmp / "reports" / "latest").resolve()
     before = {p: hashlib.sha256((base / p).read_bytes()).hexdigest() for p in _tree(base)}
-    res = run_all(tmp, "--only", "01", "--set", "figure_dpi=-1")  # a failing --only run (matplotlib: dpi must be positive)
+    # a failing --only run (matplotlib: the grid needs a positive number of columns); a parameter only 01 declares,
+    # so that the carried-over notebooks' parameters stay those of the run built on
+    res = run_all(tmp, "--only", "01", "--set", "sample_grid_per_class=-1")
     assert res.returncode == 1 and "FAILED: 01_eda_intensity" in res.stderr
     new = max((p for p in (tmp / "reports").iterdir() if p.name != "latest"), key=lambda p: p.stat().st_mtime)
     assert (tmp / "reports" / "latest").resolve() == base and not (new / "COMPLETE.json").exists()

@@ -334,6 +334,7 @@ def test_candidates_are_chosen_on_validation_and_only_the_chosen_one_is_written(
                                                  bootstrap=p.bootstrap, progress=False)
     assert sorted(per_seed["seed"].unique()) == [42, 43] and set(summary["n_seeds"]) == {2}
     assert {"accuracy", "macro_auc", "benign_vs_malignant_auc"} == set(summary["metric"])
+    assert (per_seed["lesion_aware_s"] > 0).all() and (per_seed["s0_s"] > 0).all()  # each step's wall time
 
 
 def test_exported_attention_model_predicts_and_explains(demo_store, tmp_path):

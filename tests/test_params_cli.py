@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from busi_study.cli import REPO, run_all_main
@@ -106,3 +108,69 @@ def test_previous_complete_run_is_the_newest_real_run_not_the_latest_link(tmp_pa
     for _ in range(3):  # directory order must not matter
         assert previous_complete_run(tmp_path, True, "smoke", "demo") == b.resolve()
     assert previous_complete_run(tmp_path, False, "smoke", "demo") is None
+
+
+def _complete_run(reports: Path, name: str, profile: str, params: dict, notebooks=("00_download", "01_eda_intensity")):
+    import json
+
+    d = reports / name
+    (d / "notebooks").mkdir(parents=True)
+    for nb in notebooks:
+        (d / "notebooks" / f"{nb}.ipynb").write_text("{}")
+    meta = {"ok": True, "demo": True, "profile": profile, "started_utc": "2026-01-01T00:00:00+00:00",
+            "params": {"data_source": "demo", **params}}
+    (d / "run.json").write_text(json.dumps(meta))
+    (d / "COMPLETE.json").write_text(json.dumps({"run_id": name}))
+    return d
+
+
+def test_profile_lineage_follows_inherits(tmp_path):
+    from busi_study.report.runner import profile_lineage
+
+    (tmp_path / "base.yaml").write_text("seed: 1\n")
+    (tmp_path / "mid.yaml").write_text("inherits: base\nseed: 2\n")
+    (tmp_path / "top.yaml").write_text("inherits: mid\n")
+    assert profile_lineage("top", tmp_path) == ["top", "mid", "base"]
+    assert profile_lineage("base", tmp_path) == ["base"]
+    assert profile_lineage("ablation", REPO / "params")[:2] == ["ablation", "reference"]
+
+
+def test_a_profile_builds_on_the_profile_it_inherits(tmp_path):
+    """ablation inherits reference: with no complete ablation run, --only builds on the reference run."""
+    from busi_study.report.runner import previous_complete_run
+
+    ref = _complete_run(tmp_path, "r1", "reference", {})
+    assert previous_complete_run(tmp_path, True, "ablation", "demo") is None
+    assert previous_complete_run(tmp_path, True, ["ablation", "reference", "default"], "demo") == ref.resolve()
+    own = _complete_run(tmp_path, "a1", "ablation", {})
+    assert previous_complete_run(tmp_path, True, ["ablation", "reference", "default"], "demo") == own.resolve()
+
+
+def test_carried_notebooks_must_have_run_with_the_same_parameters():
+    from busi_study.report.runner import carried_parameter_differences
+
+    nb = REPO / "notebooks" / "01_eda_intensity.ipynb"
+    params = {"seed": 42, "gallery_groups": 12, "report_dir": "/a", "run_id": "x"}
+    same = {"seed": 42, "gallery_groups": 12, "report_dir": "/b", "run_id": "y"}  # runner-set keys differ: fine
+    assert carried_parameter_differences([nb], params, same) == []
+    diff = carried_parameter_differences([nb], params, {**same, "gallery_groups": 3})
+    assert len(diff) == 1 and diff[0].startswith("01_eda_intensity: gallery_groups 12")
+
+
+def test_only_refuses_to_carry_over_notebooks_run_with_other_parameters(tmp_path, capsys):
+    import json
+
+    reports = tmp_path / "r"
+    prev = _complete_run(reports, "r1", "smoke", {})
+    # the previous run's parameters: smoke's, except gallery_groups (declared by 01, carried over by --only 02)
+    from busi_study.params import load_profile
+
+    params = {**load_profile("smoke", REPO / "params"), "data_source": "demo", "gallery_groups": 999}
+    meta = json.loads((prev / "run.json").read_text())
+    meta["params"] = params
+    (prev / "run.json").write_text(json.dumps(meta))
+    code = run_all_main(["--demo", "--profile", "smoke", "--only", "02", "--reports-dir", str(reports),
+                         "--data-dir", str(tmp_path / "d"), "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "ran with other parameters" in err and "gallery_groups 6 ≠ 999" in err

@@ -63,3 +63,27 @@ def test_readme_section_carries_calibration_and_pointing_game(tmp_path):
     text = readme.read_text()
     assert "| good | 0.100 [0.100, 0.100] | 0.100 [0.100, 0.100] |" in text
     assert "| good | 10 | 0.800 [0.700, 0.900] | 0.400 [0.300, 0.500] |" in text  # correctly classified subset only
+
+
+def test_ablation_export_goes_to_its_own_folder_and_survives_a_reference_export(tmp_path):
+    import pytest
+
+    from busi_study.report.reference_results import export_ablation
+
+    run = _complete_run(tmp_path)
+    ref = tmp_path / "reference"
+    export_reference(run, ref)
+    with pytest.raises(ValueError, match="no ablation tables"):
+        export_ablation(run, ref)
+    pd.DataFrame([{"enhancement": "clahe", "accuracy": 0.8, "seconds": 12.5}]).to_csv(
+        run / "tables" / "s1_enhancement_ablation.csv", index=False)
+    pd.DataFrame([{"seed": 42, "metric": "accuracy", "diff": 0.01, "lesion_aware_s": 3.0, "s0_s": 9.0}]).to_csv(
+        run / "tables" / "s1_seed_comparison.csv", index=False)
+    files = export_ablation(run, ref)
+    assert {f.name for f in files} == {"s1_enhancement_ablation.csv", "s1_seed_comparison.csv", "run.json", "README.md"}
+    assert "00_download 30 s" in (ref / "ablation" / "README.md").read_text()
+    (run / "tables" / "s1_enhancement_ablation.csv").unlink()
+    (run / "tables" / "s1_seed_comparison.csv").unlink()
+    export_reference(run, ref)  # a later reference export keeps the ablation folder
+    assert (ref / "ablation" / "s1_seed_comparison.csv").exists() and (ref / "comparison_models.csv").exists()
+    assert not (tmp_path / ".reference-ablation-kept").exists()

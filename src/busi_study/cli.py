@@ -199,7 +199,15 @@ def _tools(argv: list[str] | None) -> int:
     v.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     e = sub.add_parser("export-reference", help="copy a complete run's numbers to reports/reference/ and update the README")
     e.add_argument("run", nargs="?", type=Path, default=REPO / "reports" / "latest")
+    e.add_argument("--ablation", action="store_true",
+                   help="export only the ablation profile's tables, to reports/reference/ablation/ (the rest is kept)")
     args = p.parse_args(argv)
+    if args.cmd == "export-reference" and args.ablation:
+        from .report.reference_results import export_ablation
+
+        files = export_ablation(args.run, REPO / "reports" / "reference")
+        print(f"{len(files)} files written to {files[0].parent}")
+        return 0
     if args.cmd == "export-reference":
         from .report.reference_results import export_reference
 

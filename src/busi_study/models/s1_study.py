@@ -393,20 +393,24 @@ def seed_comparison(search: CandidateSearch, s1: S1Params, s0: S0Params, models:
     s0_ex = Experiment(s0_recipe(s0, models, augment), store, seed=split_seed, progress=False).prepare()
     rows = []
     for s in s1.seeds:
+        t0 = time.perf_counter()
         a = candidate_cv(search.chosen, store, splits, seed=s, source=crop.source if crop else None,
                          margin=crop.margin if crop else None, progress=False).oof
+        t1 = time.perf_counter()
         b = s0_ex.cross_validate(splits, seed=s, tta=False).oof
+        seconds = {"lesion_aware_s": round(t1 - t0, 1), "s0_s": round(time.perf_counter() - t1, 1)}
         y, pa, g = arrays(a)
         _, pb, _ = arrays(b)
         d = paired_bootstrap_difference(y, pa, pb, g, metrics=("accuracy", "macro_auc", "benign_vs_malignant_auc"),
                                         n_resamples=bootstrap.resamples, seed=bootstrap.seed)
         for _, r in d.iterrows():
             rows.append({"seed": s, "metric": r["metric"], "lesion_aware": r["a"], "s0": r["b"], "diff": r["diff"],
-                         "ci_low": r["ci_low"], "ci_high": r["ci_high"]})
+                         "ci_low": r["ci_low"], "ci_high": r["ci_high"], **seconds})
         if progress:
             acc = d.set_index("metric").loc["accuracy"]
             print(f"  seed {s}: accuracy {acc['a']:.3f} vs S0 {acc['b']:.3f} (diff {acc['diff']:+.3f}, "
-                  f"95 % CI {acc['ci_low']:+.3f} to {acc['ci_high']:+.3f})", flush=True)
+                  f"95 % CI {acc['ci_low']:+.3f} to {acc['ci_high']:+.3f}; {seconds['lesion_aware_s']:.0f} s + "
+                  f"{seconds['s0_s']:.0f} s)", flush=True)
     per_seed = pd.DataFrame(rows)
     summary = per_seed.groupby("metric").agg(lesion_aware_mean=("lesion_aware", "mean"), lesion_aware_sd=("lesion_aware", "std"),
                                              s0_mean=("s0", "mean"), s0_sd=("s0", "std"), diff_mean=("diff", "mean"),

@@ -25,6 +25,9 @@ TABLE_PATTERNS = ("comparison_*.csv", "comparison_*.md", "*_claims_vs_ours.csv",
                   "s1_seed_comparison*.csv", "*_margins.csv")
 #: External-validation metrics that ``--check-reference`` compares (PROTOCOL.md §9).
 EXTERNAL_CHECK_METRICS = ("auc", "sensitivity_spec90", "specificity_spec90", "ece")
+#: Tables of the ablation profile (params/ablation.yaml), exported to ``reports/reference/ablation/``.
+ABLATION_PATTERNS = ("s1_enhancement_*.csv", "s1_seed_comparison*.csv")
+ABLATION_DIR = "ablation"
 README_START, README_END = "<!-- reference-results:start -->", "<!-- reference-results:end -->"
 
 
@@ -34,9 +37,16 @@ def export_reference(run_dir: Path, ref_dir: Path, readme: Path | None = None) -
     meta = json.loads((run_dir / "run.json").read_text())
     if not meta.get("ok"):
         raise ValueError(f"{run_dir} is not a complete run")
+    kept = None
     if ref_dir.exists():
+        if (ref_dir / ABLATION_DIR).is_dir():  # the ablation profile's numbers come from another run: keep them
+            kept = ref_dir.parent / f".{ref_dir.name}-{ABLATION_DIR}-kept"
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.move(str(ref_dir / ABLATION_DIR), kept)
         shutil.rmtree(ref_dir)
     (ref_dir / "metrics").mkdir(parents=True)
+    if kept is not None:
+        shutil.move(str(kept), ref_dir / ABLATION_DIR)
     written = []
     for pattern in TABLE_PATTERNS:
         for f in sorted((run_dir / "tables").glob(pattern)):
@@ -56,6 +66,41 @@ def export_reference(run_dir: Path, ref_dir: Path, readme: Path | None = None) -
     written.append(ref_dir / "README.md")
     if readme is not None and readme.exists():
         update_readme(readme, ref_dir)
+    return written
+
+
+def export_ablation(run_dir: Path, ref_dir: Path) -> list[Path]:
+    """Write ``ref_dir/ablation/`` from a complete run of the ablation profile: its ablation tables
+    (enhancement ablation, seed comparison), its run.json and a README with the wall times; the rest
+    of ``ref_dir`` is left alone. Returns the files written."""
+    run_dir = Path(run_dir).resolve()
+    meta = json.loads((run_dir / "run.json").read_text())
+    if not meta.get("ok"):
+        raise ValueError(f"{run_dir} is not a complete run")
+    tables = [f for pattern in ABLATION_PATTERNS for f in sorted((run_dir / "tables").glob(pattern))]
+    if not tables:
+        raise ValueError(f"{run_dir} has no ablation tables ({', '.join(ABLATION_PATTERNS)}) — run the ablation profile "
+                         "(run_all.py --profile ablation --only 05)")
+    out = Path(ref_dir) / ABLATION_DIR
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    written = []
+    for f in [*tables, run_dir / "run.json"]:
+        shutil.copy2(f, out / f.name)
+        written.append(out / f.name)
+    ran = [n for n in meta.get("notebooks", []) if not n.get("from_run")]
+    hw = meta["hardware"]
+    lines = ["# Ablation results", "",
+             f"Tables of one run of the `{meta['profile']}` profile (`{meta.get('command')}`), run id `{meta['run_id']}`, "
+             f"git commit `{meta['git']['commit']}`{' (uncommitted changes)' if meta['git'].get('dirty') else ''}, on "
+             f"{hw['cpu']} ({hw['cpu_count']} logical cores), GPU: {', '.join(hw['gpus']) or 'none'}.", "",
+             "Wall time of the notebooks this run executed: " + ", ".join(f"{n['name']} {n['wall_s']:.0f} s" for n in ran)
+             + (f" (built on run `{meta['partial_of']}`)" if meta.get("partial_of") else "") + ".", "",
+             "Files: " + ", ".join(f"`{f.name}`" for f in tables) + " (the `seconds` / `*_s` columns are each step's wall "
+             "time), `run.json` (parameters, versions, hardware).", ""]
+    (out / "README.md").write_text("\n".join(lines))
+    written.append(out / "README.md")
     return written
 
 

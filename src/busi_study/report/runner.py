@@ -210,8 +210,47 @@ def clean_failed(reports_dir: Path, say=print) -> list[Path]:
     return removed
 
 
-def previous_complete_run(reports_dir: Path, demo: bool, profile: str, data_source: str) -> Path | None:
-    """The newest complete run on the same data with the same profile (what --only/--from extend)."""
+#: Parameters the runner sets per run (never a reason to refuse carrying a notebook over).
+RUNNER_PARAMS = ("data_dir", "report_dir", "demo", "profile", "run_id")
+
+
+def profile_lineage(profile: str, params_dir: Path) -> list[str]:
+    """``profile`` and the profiles it inherits from, nearest first (``ablation`` → reference → default)."""
+    import yaml
+
+    names, current = [], profile
+    while current and current not in names:
+        names.append(current)
+        path = Path(current) if Path(current).suffix else Path(params_dir) / f"{current}.yaml"
+        try:
+            current = (yaml.safe_load(path.read_text()) or {}).get("inherits")
+        except (OSError, yaml.YAMLError, AttributeError):
+            break
+    return names
+
+
+def carried_parameter_differences(notebooks: list[Path], params: dict[str, Any], previous_params: dict[str, Any]) -> list[str]:
+    """For each notebook about to be carried over, the declared parameters whose value here differs
+    from the value in the run it comes from (runner-set keys aside): ``["01_splits: seed 7 ≠ 42"]``."""
+    out = []
+    for nb in notebooks:
+        here = notebook_parameters(nb, params)
+        diff = [f"{k} {here[k]!r} ≠ {previous_params.get(k)!r}" for k in sorted(here)
+                if k not in RUNNER_PARAMS and here[k] != previous_params.get(k)]
+        if diff:
+            out.append(f"{nb.stem}: {', '.join(diff)}")
+    return out
+
+
+def previous_complete_run(reports_dir: Path, demo: bool, profile: str | list[str], data_source: str) -> Path | None:
+    """The newest complete run on the same data with the same profile (what --only/--from extend).
+    With a list of profiles (a profile's lineage), the first profile that has one wins."""
+    if not isinstance(profile, str):
+        for name in profile:
+            found = previous_complete_run(reports_dir, demo, name, data_source)
+            if found is not None:
+                return found
+        return None
     best = None
     for run in _runs(reports_dir):
         if not is_complete(run):  # failed, interrupted or from before completion markers
@@ -317,11 +356,27 @@ def run_study(cfg: RunConfig) -> int:
     partial = bool(cfg.only or cfg.start_from)
     carried: dict[str, dict] = {}
     if partial:
-        previous = previous_complete_run(reports_dir, cfg.demo, cfg.profile, cfg.params.get("data_source"))
+        # the same profile first, then the profiles it inherits from (ablation builds on reference)
+        lineage = profile_lineage(cfg.profile, repo / "params")
+        previous = previous_complete_run(reports_dir, cfg.demo, lineage, cfg.params.get("data_source"))
         first = discover_notebooks(repo / "notebooks")[0]
         if previous is None and notebooks[0] != first:
             raise StudyError("--only/--from needs an earlier complete run with the same data and profile to "
-                             "extend — run the whole study first (run_all.py without --only/--from)")
+                             f"extend (or of a profile it inherits: {', '.join(lineage[1:]) or 'none'}) — run the "
+                             "whole study first (run_all.py without --only/--from)")
+        if previous is not None:
+            # a carried-over notebook must have been run with the parameters this run would give it
+            carried_nbs = [nb for nb in discover_notebooks(repo / "notebooks")
+                           if nb not in notebooks and (previous / "notebooks" / nb.name).exists()]
+            prev_params = json.loads((previous / "run.json").read_text()).get("params", {})
+            diffs = carried_parameter_differences(carried_nbs, cfg.params, prev_params)
+            if diffs:
+                raise StudyError(f"cannot build on run {previous.name}: notebooks it would carry over ran with other "
+                                 f"parameters ({'; '.join(diffs)[:300]}) — rerun them too (--from) or drop the --set")
+            prev_profile = json.loads((previous / "run.json").read_text()).get("profile")
+            if prev_profile != cfg.profile:
+                _say(f"No complete '{cfg.profile}' run to extend: building on the '{prev_profile}' run {previous.name} "
+                     f"('{cfg.profile}' inherits it; the carried notebooks' parameters are identical)")
     _mkdir(run_dir)
     write_json({"pid": os.getpid(), "started_utc": dt.datetime.now(dt.timezone.utc).isoformat()}, run_dir / "RUNNING")
     if partial and previous is not None:
