@@ -46,3 +46,21 @@ def test_models_on_other_splits_are_refused():
     a, b = _pred(y, 1.0, rng), _pred(y, 1.0, rng, n_folds=3)
     with pytest.raises(ValueError, match="same images and folds"):
         late_fusion(a, a, a, b)
+
+
+def test_late_fusion_with_s0_reads_the_runs_results_and_says_why_it_cannot_run(tmp_path):
+    from busi_study.models.s1_study import late_fusion_with_s0
+    from busi_study.params import BootstrapParams
+    from busi_study.results import ResultsStore
+
+    rng = np.random.default_rng(3)
+    y_val, y_oof = rng.integers(0, 3, 200), rng.integers(0, 3, 300)
+    store = ResultsStore(tmp_path / "run")
+    boot = BootstrapParams(resamples=100, seed=0)
+    store.write_trained("lesion_aware-x", {"oof": _pred(y_oof, 1.0, rng), "val": _pred(y_val, 1.0, rng)}, {"model": "x"})
+    val, paired, text = late_fusion_with_s0(store, "lesion_aware-x", bootstrap=boot)
+    assert val.empty and paired.empty and "notebook 04 not run" in text
+    store.write_trained("s0_finetune-m", {"oof": _pred(y_oof, 1.5, rng), "val": _pred(y_val, 1.5, rng)}, {"model": "s0"})
+    val, paired, text = late_fusion_with_s0(store, "lesion_aware-x", bootstrap=boot)
+    assert val["chosen"].sum() == 1 and "w_s0" in val and set(paired["metric"]) >= {"accuracy", "macro_auc"}
+    assert (paired["w_s0"] == val.loc[val["chosen"], "w_s0"].iloc[0]).all() and "fused − S0" in text

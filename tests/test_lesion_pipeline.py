@@ -323,13 +323,13 @@ def test_candidates_are_chosen_on_validation_and_only_the_chosen_one_is_written(
                                                             "s1_hires_size": 256, "mobilenet_alpha": 0.35,
                                                             "weights": weights(), "s1_seeds": [42, 43]})
     results = ResultsStore(tmp_path / "run")
-    search = s1_study.run_candidates(p.s1, p.s0, p.models, crop, demo_store, results, seed=42, bootstrap=p.bootstrap)
+    search = s1_study.run_candidates(p.s1, p.s0, p.models, p.augment, crop, demo_store, results, seed=42, bootstrap=p.bootstrap)
     t = search.table
-    assert set(t["kind"]) == {"attention", "two_stream", "two_stream_hires"} and t["chosen"].sum() == 1
+    assert set(t["kind"]) == {"attention", "two_stream", "two_stream_hires", "attention_ft"} and t["chosen"].sum() == 1
     assert t.loc[t["chosen"], "val_log_loss"].iloc[0] == t["val_log_loss"].min()
     assert results.trained_names() == [search.chosen.name]
     rec = results.load(search.chosen.name).record
-    assert len(rec["candidate_search"]) == 3 and "inner-validation" in rec["choice"]
+    assert len(rec["candidate_search"]) == 4 and "inner-validation" in rec["choice"]
     per_seed, summary = s1_study.seed_comparison(search, p.s1, p.s0, p.models, p.augment, crop, demo_store, split_seed=42,
                                                  bootstrap=p.bootstrap, progress=False)
     assert sorted(per_seed["seed"].unique()) == [42, 43] and set(summary["n_seeds"]) == {2}
@@ -402,3 +402,63 @@ def test_best_weights_keeps_the_lowest_validation_loss_and_stops_after_patience(
             break
     assert epoch == 4 and stop.restore(m, epoch) == 2 and m.w[0][0] == 2.0
     assert BestWeights(None).restore(m, 7) == 7  # nothing recorded: the last epoch is kept
+
+
+# ---------------------------------------------------------------- attention_ft (fine-tuned, mask-supervised)
+def test_augmented_masks_follow_their_images_geometry(demo_store):
+    """mask_views warps each mask with its image's view transform: an image made of the mask itself,
+    augmented as the S0 recipe augments images, gives back the same mask view."""
+    from busi_study.models.augment import AugmentConfig, views_batch
+    from busi_study.models.lesion_aware import mask_views
+
+    r = Recipe(name="t", kind="finetune", input_size=64, train=TrainConfig(), backbone="mobilenet_v2", n_views=4,
+               augment=AugmentConfig(rotation_deg=20, zoom=0.2, shift=0.1))
+    grid = 8
+    mv = mask_views(demo_store, r, 7, grid)
+    m = arrays.load_mask_array(demo_store, 64, progress=False)
+    assert mv.shape == (4, len(m), grid * grid) and 0 <= mv.min() and mv.max() <= 1
+    as_image = np.repeat((m * 255)[..., None], 3, axis=3)
+    lesion = np.flatnonzero(m.reshape(len(m), -1).max(1))
+    for v in range(4):
+        img_v = views_batch(as_image, lesion, v, 7, r.augment)[..., 0] > 127
+        want = np.stack([cv2_area(x, grid) for x in img_v])
+        np.testing.assert_allclose(mv[v, lesion], want, atol=1e-6)
+    assert not np.allclose(mv[1, lesion], mv[0, lesion])  # the views really are transformed
+    assert (mv[:, m.reshape(len(m), -1).max(1) == 0] == 0).all()  # normal images: empty targets in every view
+
+
+def cv2_area(x, grid):
+    import cv2
+
+    return cv2.resize(x.astype(np.float32), (grid, grid), interpolation=cv2.INTER_AREA).reshape(-1)
+
+
+def test_finetuned_attention_candidate_is_chosen_exported_and_its_models_match_its_predictions(demo_store, tmp_path):
+    from busi_study.models import s1_study
+    from busi_study.models.lesion_aware import CandidateRecipe
+    from busi_study.results import ResultsStore
+
+    p = StudyParams.from_profile("smoke", REPO / "params", {"data_source": "demo", "s0_input_size": 64, "mobilenet_alpha": 0.35,
+                                                            "weights": weights(), "s1_candidates": ["attention_ft"]})
+    (recipe,) = s1_study.candidate_recipes(p.s1, p.s0, p.models, p.augment)
+    assert recipe.kind == "attention_ft" and recipe.finetune_from.unfreeze_blocks == p.s0.unfreeze_blocks
+    assert "fine-tuned" in recipe.title
+    with pytest.raises(ValueError, match="finetune_from"):
+        CandidateRecipe(name="x", kind="attention_ft", backbone="mobilenet_v2", input_size=64, crop_size=64, train=TrainConfig())
+    results = ResultsStore(tmp_path / "run")
+    search = s1_study.run_candidates(p.s1, p.s0, p.models, p.augment, None, demo_store, results, seed=42, bootstrap=p.bootstrap)
+    assert search.chosen is not None and search.chosen.kind == "attention_ft"
+    res = results.load(search.chosen.name)
+    oof = res.oof
+    assert np.allclose(oof[["p_normal", "p_benign", "p_malignant"]].sum(1), 1, atol=1e-4)
+    assert len(res.record["timing"]["per_fold_s"]) == oof["fold"].nunique()
+    # the saved fold-0 model (image → probabilities) gives the experiment's out-of-fold predictions
+    fold0 = keras.models.load_model(results.fold_model_path(search.chosen.name, 0))
+    test0 = oof[oof["fold"] == 0].sort_values("image_id")
+    table = arrays.labels_and_groups(demo_store)
+    pos = {k: i for i, k in enumerate(table["image_id"])}
+    imgs = arrays.load_image_array(demo_store, 64, progress=False)[[pos[i] for i in test0["image_id"]]].astype(np.float32)
+    got = np.asarray(fold0.predict(imgs, verbose=0))
+    np.testing.assert_allclose(got, test0[["p_normal", "p_benign", "p_malignant"]].to_numpy(), atol=2e-3)
+    exported = results.exported_model_path(search.chosen.name)
+    assert exported.exists() and json.loads(exported.with_suffix(".json").read_text())

@@ -11,15 +11,20 @@ Candidates (issue 13's list; each trained and scored under the same grouped fold
   around the lesion that fold's segmenter predicted (:mod:`lesion_pipeline`), concatenated →
   dropout → softmax.
 * ``two_stream_hires`` (b + d) — the same with the crop at a higher input resolution.
+* ``attention_ft`` (c, fine-tuned) — the attention head of ``attention`` on the S0 recipe's network,
+  trained as S0 is (head on the frozen top, then the top blocks fine-tuned on the cached lower-block
+  outputs of the augmented views); each view's mask goes through the same flip / rotation / zoom /
+  shift as its image, so the attention target stays on the lesion.
 
-The backbone stays frozen (one view per image, no augmentation), so every candidate costs seconds
-per fold; the choice between them is made on the pooled *inner-validation* log loss only.
+In the first three the backbone stays frozen (one view per image, no augmentation), so they cost
+seconds per fold; ``attention_ft`` costs what the S0 recipe costs. The choice between them is made
+on the pooled *inner-validation* log loss only.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import cv2
@@ -29,10 +34,12 @@ import pandas as pd
 from ..data.arrays import labels_and_groups, load_mask_array
 from ..data.store import ProcessedData
 from ..info import PROBA_COLUMNS
+from .augment import views_batch
 from .experiment import Experiment, FoldModel, run_folds
-from .training import BestWeights, TrainConfig, TrainResult, balanced_class_weight
+from .recipes import Recipe
+from .training import BestWeights, TrainConfig, TrainResult, balanced_class_weight, train_with_mask
 
-CANDIDATES = ("attention", "two_stream", "two_stream_hires")
+CANDIDATES = ("attention", "two_stream", "two_stream_hires", "attention_ft")
 
 
 @dataclass(frozen=True)
@@ -49,10 +56,13 @@ class CandidateRecipe:
     weights: str | None = "imagenet"
     source_study: str = "ours"
     preprocessing: str = "none"
+    finetune_from: Recipe | None = None  # attention_ft: the recipe whose network and training it reuses (S0's)
 
     def __post_init__(self) -> None:
         if self.kind not in CANDIDATES:
             raise ValueError(f"unknown lesion-aware candidate '{self.kind}' — use one of: {', '.join(CANDIDATES)}")
+        if self.kind == "attention_ft" and self.finetune_from is None:
+            raise ValueError("the attention_ft candidate needs finetune_from (the S0 recipe it fine-tunes)")
 
     @property
     def backbone_label(self) -> str:
@@ -65,6 +75,10 @@ class CandidateRecipe:
 
     @property
     def title(self) -> str:
+        if self.kind == "attention_ft":
+            f = self.finetune_from
+            return (f"{self.name}: mask-supervised attention head on {self.backbone_label}, {self.weights}, {self.input_size}px, "
+                    f"top {f.unfreeze_blocks} blocks fine-tuned as {f.name} ({f.n_views} cached views)")
         what = {"attention": "mask-supervised attention head", "two_stream": f"whole image + predicted-lesion crop ({self.crop_size}px)",
                 "two_stream_hires": f"whole image + predicted-lesion crop ({self.crop_size}px)"}[self.kind]
         return f"{self.name}: {what} on frozen {self.backbone_label}, {self.weights}, {self.input_size}px"
@@ -183,6 +197,70 @@ class CandidateExperiment:
         return self._probs(fm.model, idx)
 
 
+class FinetunedAttentionExperiment(Experiment):
+    """``attention_ft``: the S0 recipe's experiment (cached lower-block outputs of every augmented
+    view, top blocks fine-tuned) with the mask-supervised attention head instead of the plain one."""
+
+    def __init__(self, candidate: CandidateRecipe, store: ProcessedData, seed: int = 42, progress: bool = True) -> None:
+        super().__init__(replace(candidate.finetune_from, name=candidate.name), store, seed=seed, progress=progress)
+        self.candidate = candidate
+
+    def prepare(self) -> FinetunedAttentionExperiment:
+        super().prepare()
+        self.mask_views = mask_views(self.store, self.recipe, self.seed, self.top_views.shape[2])
+        return self
+
+    def fit(self, train_idx: np.ndarray, val_idx: np.ndarray | None, seed: int, epochs: list[int] | None = None) -> FoldModel:
+        import keras
+
+        r, c = self.recipe, self.candidate
+        keras.utils.set_random_seed(seed)
+        e = epochs or [None, None]
+        self.upper.set_weights(self.upper_initial)
+        head = attention_head(self.top_views.shape[2:], c.dropout)
+        res1 = train_with_mask(head, self.top_views, self.y, self.mask_views, train_idx, val_idx, r.train, seed, e[0],
+                               mask_weight=c.attention_weight)
+        for layer in self.upper.layers:  # BatchNorm stays in inference mode, as in the S0 recipe
+            layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+        inputs = keras.Input(self.views.shape[2:], name="lower_features")
+        model = keras.Model(inputs, head(self.upper(inputs)), name="attention_finetune")
+        res2 = train_with_mask(model, self.views, self.y, self.mask_views, train_idx, val_idx, r.finetune, seed + 1, e[1],
+                               mask_weight=c.attention_weight)
+        return FoldModel(model, head, [res1, res2], [w.copy() for w in self.upper.get_weights()])
+
+    def predict(self, fm: FoldModel, idx: np.ndarray, tta: bool = False) -> np.ndarray:
+        if fm.weights_snapshot:
+            self.upper.set_weights(fm.weights_snapshot)
+        views = range(self.views.shape[0]) if tta else [0]
+        return np.mean([np.asarray(fm.model.predict(self.views[v, idx], batch_size=64, verbose=0)[0], np.float64)
+                        for v in views], axis=0)
+
+    def full_model(self, fm: FoldModel):
+        """Image → probabilities (the attention map, a training aid, is left out)."""
+        import keras
+
+        if fm.weights_snapshot:
+            self.upper.set_weights(fm.weights_snapshot)
+        probs_head = keras.Model(fm.head.inputs, fm.head.outputs[0], name="attention_head")  # as export_classifier
+        inputs = keras.Input((self.recipe.input_size, self.recipe.input_size, 3), name="image")
+        model = keras.Model(inputs, probs_head(self.backbone(self.preprocess(inputs))), name=self.recipe.name.replace(".", "_"))
+        for layer in model.layers:
+            layer.trainable = False
+        return model
+
+
+def mask_views(store: ProcessedData, recipe: Recipe, seed: int, grid: int) -> np.ndarray:
+    """Each cached view's lesion mask on the feature grid: float32 (n_views, n, grid·grid) in [0, 1].
+    View v of a mask goes through view v's geometric transform of its image (same seed, index, view)."""
+    m = load_mask_array(store, recipe.input_size, progress=False) * np.uint8(255)
+    out = np.zeros((recipe.n_views, len(m), grid * grid), np.float32)
+    for v in range(recipe.n_views):
+        warped = views_batch(m, np.arange(len(m)), v, seed, recipe.augment) > 127  # photometric jitter cannot cross 127
+        out[v] = np.stack([cv2.resize(x.astype(np.float32), (grid, grid), interpolation=cv2.INTER_AREA).reshape(-1)
+                           for x in warped])
+    return out
+
+
 def masks_at(store: ProcessedData, size: int, grid: int) -> np.ndarray:
     """Lesion masks averaged to the feature grid, flattened: float32 (n, grid·grid) in [0, 1] (the attention targets)."""
     m = load_mask_array(store, size, progress=False).astype(np.float32)
@@ -190,8 +268,14 @@ def masks_at(store: ProcessedData, size: int, grid: int) -> np.ndarray:
 
 
 def candidate_cv(recipe: CandidateRecipe, store: ProcessedData, splits: pd.DataFrame, *, seed: int, source=None,
-                 margin: float | None = None, progress: bool = True):
-    """Grouped CV of one candidate (crops from ``source``, a :class:`lesion_pipeline.CropSource`, for the two-stream ones)."""
+                 margin: float | None = None, progress: bool = True, view_seed: int | None = None):
+    """Grouped CV of one candidate (crops from ``source``, a :class:`lesion_pipeline.CropSource`, for the two-stream ones).
+    ``seed`` is the training seed; ``view_seed`` (default ``seed``) fixes attention_ft's augmented views, as
+    the split seed fixes the S0 recipe's."""
+    if recipe.kind == "attention_ft":
+        ex = FinetunedAttentionExperiment(recipe, store, seed=seed if view_seed is None else view_seed,
+                                          progress=progress).prepare()
+        return run_folds(lambda fold: ex, splits, seed, tta=False)
     kw = recipe.backbone_kwargs or {}
     whole, _, _ = frozen_top(store, recipe.backbone, kw, recipe.weights, recipe.input_size, seed=seed)
     table = labels_and_groups(store)

@@ -274,18 +274,24 @@ def claims_table(s1_claims: dict, crop_runs: list[CropRun], protocol: pd.DataFra
 
 
 # ---------------------------------------------------------------- lesion-aware candidates (ours)
-def candidate_recipes(s1: S1Params, s0: S0Params, models: ModelParams) -> list[CandidateRecipe]:
-    """One recipe per ``s1_candidates`` entry, on the segmenter's backbone (frozen, one view)."""
+def candidate_recipes(s1: S1Params, s0: S0Params, models: ModelParams, augment) -> list[CandidateRecipe]:
+    """One recipe per ``s1_candidates`` entry: on the segmenter's backbone (frozen, one view), or for
+    ``attention_ft`` on the S0 recipe's network, fine-tuned with S0's settings."""
     backbone = s1.seg.backbone
     suffix = f"-a{models.mobilenet_alpha}" if backbone == "mobilenet_v2" else ""
-    return [CandidateRecipe(
-        name=f"lesion_aware-{kind}-{backbone}{suffix}", kind=kind, backbone=backbone, input_size=s0.input_size,
-        crop_size=s1.hires_size if kind == "two_stream_hires" else s0.input_size,
-        train=TrainConfig(epochs=s1.head.epochs, batch_size=s1.head.batch_size, learning_rate=s1.head.learning_rate,
-                          patience=s1.head.patience, class_weight=models.class_weight),
-        dropout=s0.dropout, attention_weight=s1.attention_weight,
-        backbone_kwargs=backbone_kwargs(backbone, models.mobilenet_alpha), weights=models.weights)
-        for kind in s1.candidates]
+    out = []
+    for kind in s1.candidates:
+        base = s0_recipe(s0, models, augment) if kind == "attention_ft" else None
+        head_train = TrainConfig(epochs=s1.head.epochs, batch_size=s1.head.batch_size, learning_rate=s1.head.learning_rate,
+                                 patience=s1.head.patience, class_weight=models.class_weight)
+        out.append(CandidateRecipe(
+            name=f"lesion_aware-{kind}-{backbone}{suffix}" + (f"-b{s0.unfreeze_blocks}" if base else ""), kind=kind,
+            backbone=base.backbone if base else backbone, input_size=s0.input_size,
+            crop_size=s1.hires_size if kind == "two_stream_hires" else s0.input_size,
+            train=base.train if base else head_train, dropout=s0.dropout, attention_weight=s1.attention_weight,
+            backbone_kwargs=base.backbone_kwargs if base else backbone_kwargs(backbone, models.mobilenet_alpha),
+            weights=models.weights, finetune_from=base))
+    return out
 
 
 @dataclass
@@ -296,7 +302,7 @@ class CandidateSearch:
     skipped: str | None = None
 
 
-def run_candidates(s1: S1Params, s0: S0Params, models: ModelParams, crop: CropRun | None, store: ProcessedData,
+def run_candidates(s1: S1Params, s0: S0Params, models: ModelParams, augment, crop: CropRun | None, store: ProcessedData,
                    results: ResultsStore, *, seed: int, bootstrap: BootstrapParams, progress: bool = True) -> CandidateSearch:
     """Grouped CV of every candidate; the one with the lowest pooled inner-validation log loss is
     evaluated on the out-of-fold test predictions, written like every model and (attention) exported."""
@@ -304,7 +310,7 @@ def run_candidates(s1: S1Params, s0: S0Params, models: ModelParams, crop: CropRu
 
     splits = store.read("splits")
     splits = splits[splits["seed"] == seed]
-    recipes = candidate_recipes(s1, s0, models)
+    recipes = candidate_recipes(s1, s0, models, augment)
     if not recipes:
         return CandidateSearch(pd.DataFrame(), None, skipped="no candidates (s1_candidates: [])")
     ok, why = weights_available(recipes[0].backbone, recipes[0].weights, recipes[0].input_size, **recipes[0].backbone_kwargs)
@@ -312,7 +318,7 @@ def run_candidates(s1: S1Params, s0: S0Params, models: ModelParams, crop: CropRu
         return CandidateSearch(pd.DataFrame(), None, skipped=why)
     rows, cvs = [], {}
     for r in recipes:
-        if r.kind != "attention" and (crop is None or crop.source is None):
+        if r.kind in ("two_stream", "two_stream_hires") and (crop is None or crop.source is None):
             rows.append({"candidate": r.name, "kind": r.kind, "skipped": "no predicted-lesion crops (segmenter or crop classifier skipped)"})
             continue
         ok, why = weights_available(r.backbone, r.weights, r.crop_size, **r.backbone_kwargs)
@@ -342,6 +348,9 @@ def run_candidates(s1: S1Params, s0: S0Params, models: ModelParams, crop: CropRu
                   "per_fold_s": cv.timing["seconds"].tolist()}
     if chosen.kind == "attention":
         _save_attention_models(chosen, cv, ev, results, store, seed=seed, bootstrap=bootstrap, export=models.export_models, run=run)
+    elif chosen.kind == "attention_ft":
+        _save_finetuned_attention_models(chosen, cv, ev, results, store, seed=seed, bootstrap=bootstrap,
+                                         export=models.export_models, run=run)
     elif models.export_models and crop is not None and crop.final_boxes is not None:
         _export_two_stream(chosen, cv, ev, crop, results, store, seed=seed, bootstrap=bootstrap, run=run)
     write_results(run, store, results, seed=seed, models=models, bootstrap=bootstrap,
@@ -378,6 +387,51 @@ def _save_attention_models(recipe: CandidateRecipe, cv: CVResult, ev: Evaluation
     run.timing["final_model_s"] = round(time.perf_counter() - t0, 1)
 
 
+def late_fusion_with_s0(results: ResultsStore, model: str, *, bootstrap: BootstrapParams
+                        ) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """Candidate (e) without training: the S0 recipe's and ``model``'s saved predictions averaged,
+    p = w·p_S0 + (1 − w)·p_model, w chosen on inner validation. Returns (validation scores per w,
+    paired fused − S0 on the test folds, a one-line summary or the reason it could not run)."""
+    from ..evaluation.fusion import late_fusion
+
+    s0 = next((n for n in results.trained_names() if n.startswith("s0_finetune-")), None)
+    if s0 is None:
+        return pd.DataFrame(), pd.DataFrame(), "no S0-recipe results in this run (notebook 04 not run): late fusion skipped"
+    a, b = results.load(s0), results.load(model)
+    if a.val is None or b.val is None:
+        return pd.DataFrame(), pd.DataFrame(), "no inner-validation predictions to choose the weight on: late fusion skipped"
+    fu = late_fusion(a.val, a.oof, b.val, b.oof, n_resamples=bootstrap.resamples, seed=bootstrap.seed)
+    paired = fu.paired.rename(columns={"a": "fused", "b": "s0"}).assign(w_s0=fu.weight, s0_model=s0, other=model)
+    acc = paired.set_index("metric").loc["accuracy"]
+    text = (f"Late fusion {s0} + {model}: weight of S0 chosen on validation **{fu.weight:g}**; on the test folds fused − S0 "
+            f"accuracy {acc['diff']:+.3f} [{acc['ci_low']:+.3f}, {acc['ci_high']:+.3f}]")
+    return fu.validation.rename(columns={"w_base": "w_s0"}), paired, text
+
+
+def _save_finetuned_attention_models(recipe: CandidateRecipe, cv: CVResult, ev: Evaluation, results: ResultsStore,
+                                     store: ProcessedData, *, seed: int, bootstrap: BootstrapParams, export: bool,
+                                     run: ModelRun) -> None:
+    """attention_ft: fold models (image → probabilities) and the final model on all images, as the S0 recipe's."""
+    from .lesion_aware import FinetunedAttentionExperiment
+
+    ex = FinetunedAttentionExperiment(recipe, store, seed=seed, progress=False).prepare()  # the cached views again
+    for k, fm in enumerate(cv.fold_models):
+        with atomic_path(results.fold_model_path(recipe.name, k)) as tmp:
+            ex.full_model(fm).save(tmp)
+    if not export:
+        return
+    t0 = time.perf_counter()
+    epochs = final_epochs(cv)
+    fm = ex.fit(np.arange(len(ex.y)), None, seed + 99, epochs=epochs)
+    path = results.exported_model_path(recipe.name)
+    with atomic_path(path) as tmp:
+        ex.full_model(fm).save(tmp)
+    write_json(model_card(recipe, ev, store, epochs, n_splits=int(cv.oof["fold"].nunique()), seed=seed, bootstrap=bootstrap,
+                          val=cv.val), path.with_suffix(".json"))
+    run.exported = path
+    run.timing["final_model_s"] = round(time.perf_counter() - t0, 1)
+
+
 def seed_comparison(search: CandidateSearch, s1: S1Params, s0: S0Params, models: ModelParams, augment, crop: CropRun | None,
                     store: ProcessedData, *, split_seed: int, bootstrap: BootstrapParams, progress: bool = True
                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -395,7 +449,7 @@ def seed_comparison(search: CandidateSearch, s1: S1Params, s0: S0Params, models:
     for s in s1.seeds:
         t0 = time.perf_counter()
         a = candidate_cv(search.chosen, store, splits, seed=s, source=crop.source if crop else None,
-                         margin=crop.margin if crop else None, progress=False).oof
+                         margin=crop.margin if crop else None, progress=False, view_seed=split_seed).oof
         t1 = time.perf_counter()
         b = s0_ex.cross_validate(splits, seed=s, tta=False).oof
         seconds = {"lesion_aware_s": round(t1 - t0, 1), "s0_s": round(time.perf_counter() - t1, 1)}

@@ -161,3 +161,41 @@ def predict(model, x, batch_size: int = 64) -> np.ndarray:
     """Class probabilities (n, 3) in inference mode ((n, 1) for a binary model); ``x`` an array
     or a list of arrays (multi-input model)."""
     return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)
+
+
+def train_with_mask(model, views: np.ndarray, y: np.ndarray, masks: np.ndarray, train_idx: np.ndarray,
+                    val_idx: np.ndarray | None, cfg: TrainConfig, seed: int, epochs: int | None = None,
+                    mask_weight: float = 1.0) -> TrainResult:
+    """:func:`train` for a model with two outputs (probabilities, a lesion map flattened to h·w):
+    cross-entropy on the class plus ``mask_weight`` × binary cross-entropy of the map against
+    ``masks`` (n_views, n, h·w) — the view's own mask, so augmented images keep their lesion. Early
+    stopping on the *classification* log loss of view 0 of the validation images."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
+                  loss=["sparse_categorical_crossentropy", "binary_crossentropy"], loss_weights=[1.0, mask_weight])
+    rng = np.random.default_rng(seed)
+    n_views = views.shape[0] if cfg.augment_views else 1
+    cw = balanced_class_weight(y[train_idx]) if cfg.class_weight else None
+    rows, stopper = [], BestWeights(cfg.patience)
+    t_start = time.perf_counter()
+    for epoch in range(1, (epochs or cfg.epochs) + 1):
+        t0 = time.perf_counter()
+        chosen = rng.integers(0, n_views, size=len(train_idx))
+        order = rng.permutation(len(train_idx))
+        v, idx = chosen[order], train_idx[order]
+        sw = None if cw is None else np.array([cw[int(c)] for c in y[idx]], np.float32)
+        h = model.fit(views[v, idx], [y[idx], masks[v, idx]], batch_size=cfg.batch_size, epochs=1, shuffle=False,
+                      verbose=0, sample_weight=sw)
+        row = {"epoch": epoch, "loss": float(h.history["loss"][0])}
+        if val_idx is not None and len(val_idx):
+            p = np.asarray(model.predict(views[0, val_idx], batch_size=64, verbose=0)[0], np.float64)
+            row["val_loss"] = float(-np.mean(np.log(np.clip(p[np.arange(len(val_idx)), y[val_idx]], 1e-7, 1))))
+            row["val_accuracy"] = float((p.argmax(1) == y[val_idx]).mean())
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+        rows.append(row)
+        if "val_loss" in row and stopper.stop_after(model, epoch, row["val_loss"]):
+            break
+    best_epoch = stopper.restore(model, len(rows)) if cfg.restore_best else len(rows)
+    return TrainResult(pd.DataFrame(rows), best_epoch, round(time.perf_counter() - t_start, 1))
