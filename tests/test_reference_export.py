@@ -87,3 +87,13 @@ def test_ablation_export_goes_to_its_own_folder_and_survives_a_reference_export(
     export_reference(run, ref)  # a later reference export keeps the ablation folder
     assert (ref / "ablation" / "s1_seed_comparison.csv").exists() and (ref / "comparison_models.csv").exists()
     assert not (tmp_path / ".reference-ablation-kept").exists()
+
+
+def test_reference_readme_says_when_the_numbers_come_from_the_ablation_profile(tmp_path):
+    run = _complete_run(tmp_path)
+    meta = json.loads((run / "run.json").read_text())
+    export_reference(run, tmp_path / "ref")
+    assert "enhancement ablation and seed repeats" not in (tmp_path / "ref" / "README.md").read_text()
+    (run / "run.json").write_text(json.dumps({**meta, "profile": "ablation"}))
+    export_reference(run, tmp_path / "ref")
+    assert "reference profile plus notebook 05's enhancement ablation and seed repeats" in (tmp_path / "ref" / "README.md").read_text()

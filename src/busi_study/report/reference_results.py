@@ -116,6 +116,9 @@ def _reference_readme(meta: dict) -> str:
         "",
         f"Total wall time {meta['wall_s']:.0f} s; per notebook: " + ", ".join(f"{k} {v:.0f} s" for k, v in wall.items()) + ".",
         "",
+        *([f"Profile `{meta['profile']}` is the reference profile plus notebook 05's enhancement ablation and seed repeats "
+           "(params/ablation.yaml): every number outside those two tables is what the reference profile gives, and 05's wall "
+           f"time includes both (their own wall times are in `{ABLATION_DIR}/`).", ""] if meta.get("profile") == ABLATION_DIR else []),
         *([f"This run built on the complete run `{meta['partial_of']}` (`--only` / `--from`): notebooks "
            + ", ".join(n["name"] for n in meta.get("notebooks", []) if n.get("from_run"))
            + " and their results were carried over from it (their wall times are that run's); the total wall time "
