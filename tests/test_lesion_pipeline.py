@@ -452,6 +452,14 @@ def test_finetuned_attention_candidate_is_chosen_exported_and_its_models_match_i
     oof = res.oof
     assert np.allclose(oof[["p_normal", "p_benign", "p_malignant"]].sum(1), 1, atol=1e-4)
     assert len(res.record["timing"]["per_fold_s"]) == oof["fold"].nunique()
+    # learning curves as every model's (the notebook plots accuracy and loss per epoch, train and validation)
+    hist = res.table("history")
+    assert {"epoch", "loss", "accuracy", "val_loss", "val_accuracy"} <= set(hist.columns) and hist["accuracy"].between(0, 1).all()
+    from busi_study.report.notebook_views import StudyNotebook
+
+    nb = StudyNotebook(report_dir=tmp_path / "run", store=demo_store, demo=True, figure_dpi=40)
+    nb.show_model_run(search.run, p.bootstrap.resamples)  # what notebook 05 shows for the chosen candidate
+    assert (tmp_path / "run" / "figures" / f"{res.name}_learning_curves.png").exists()
     # the saved fold-0 model (image → probabilities) gives the experiment's out-of-fold predictions
     fold0 = keras.models.load_model(results.fold_model_path(search.chosen.name, 0))
     test0 = oof[oof["fold"] == 0].sort_values("image_id")

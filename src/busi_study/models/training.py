@@ -174,7 +174,8 @@ def train_with_mask(model, views: np.ndarray, y: np.ndarray, masks: np.ndarray, 
 
     keras.utils.set_random_seed(seed)
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
-                  loss=["sparse_categorical_crossentropy", "binary_crossentropy"], loss_weights=[1.0, mask_weight])
+                  loss=["sparse_categorical_crossentropy", "binary_crossentropy"], loss_weights=[1.0, mask_weight],
+                  metrics=[["accuracy"], []])  # the class accuracy, as train() records it (learning curves)
     rng = np.random.default_rng(seed)
     n_views = views.shape[0] if cfg.augment_views else 1
     cw = balanced_class_weight(y[train_idx]) if cfg.class_weight else None
@@ -188,7 +189,8 @@ def train_with_mask(model, views: np.ndarray, y: np.ndarray, masks: np.ndarray, 
         sw = None if cw is None else np.array([cw[int(c)] for c in y[idx]], np.float32)
         h = model.fit(views[v, idx], [y[idx], masks[v, idx]], batch_size=cfg.batch_size, epochs=1, shuffle=False,
                       verbose=0, sample_weight=sw)
-        row = {"epoch": epoch, "loss": float(h.history["loss"][0])}
+        acc_key = next(k for k in h.history if k.endswith("accuracy"))  # probs_accuracy, or <nested head>_accuracy
+        row = {"epoch": epoch, "loss": float(h.history["loss"][0]), "accuracy": float(h.history[acc_key][0])}
         if val_idx is not None and len(val_idx):
             p = np.asarray(model.predict(views[0, val_idx], batch_size=64, verbose=0)[0], np.float64)
             row["val_loss"] = float(-np.mean(np.log(np.clip(p[np.arange(len(val_idx)), y[val_idx]], 1e-7, 1))))
