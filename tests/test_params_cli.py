@@ -174,3 +174,34 @@ def test_only_refuses_to_carry_over_notebooks_run_with_other_parameters(tmp_path
     assert code == 2
     err = capsys.readouterr().err
     assert "ran with other parameters" in err and "gallery_groups 6 ≠ 999" in err
+
+
+def test_the_outputs_of_rerun_notebooks_are_not_carried_over(tmp_path):
+    """A model written by a notebook's earlier run must not survive into a run that reruns the notebook
+    (it may no longer make that model); files of the carried notebooks are linked."""
+    import os
+
+    from busi_study.report.runner import _file_ids, carry_over, outputs_of, written_since
+
+    prev = tmp_path / "prev"
+    (prev / "results" / "old_model").mkdir(parents=True)
+    (prev / "results" / "kept_model").mkdir(parents=True)
+    snap = _file_ids(prev)
+    (prev / "results" / "kept_model" / "metrics.json").write_text("{}")  # written by 02
+    out02 = written_since(snap, prev)
+    snap = _file_ids(prev)
+    (prev / "results" / "old_model" / "metrics.json").write_text("{}")  # written by 05
+    (prev / "tables").mkdir()
+    (prev / "tables" / "comparison.csv").write_text("a")
+    out05 = written_since(snap, prev)
+    assert out02 == ["results/kept_model/metrics.json"]
+    assert out05 == ["results/old_model/metrics.json", "tables/comparison.csv"]
+    meta = {"notebooks": [{"name": "02_x", "outputs": out02}, {"name": "05_y", "outputs": out05}, {"name": "06_z"}]}
+    stale, unknown = outputs_of(meta, {"05_y", "06_z"})
+    assert stale == set(out05) and unknown == ["06_z"]  # 06 ran before outputs were recorded
+    new = tmp_path / "new"
+    new.mkdir()
+    carry_over(prev, new, stale)
+    assert (new / "results" / "kept_model" / "metrics.json").exists()
+    assert os.path.samefile(new / "results" / "kept_model" / "metrics.json", prev / "results" / "kept_model" / "metrics.json")
+    assert not (new / "results" / "old_model" / "metrics.json").exists() and not (new / "tables" / "comparison.csv").exists()

@@ -9,11 +9,12 @@ model results were checked to belong together (``data.consistency``). A failed o
 run (Ctrl-C) never gets it, so it is never built on.
 
 ``--only``/``--from`` runs start from the newest complete run with the same data and profile
-(the console says which): its files are *hard-linked* into the new folder (copied only where
-linking is impossible), so a rerun of one notebook costs the disk space of what it rewrites.
-Every writer of report files replaces files atomically instead of rewriting them in place, and
-the runner unlinks the outputs of the notebooks it reruns first, so the earlier run is never
-changed. ``run_all.py --clean-failed`` removes failed and incomplete runs.
+(or, failing that, of a profile it inherits; the console says which): its files are
+*hard-linked* into the new folder (copied only where linking is impossible), so a rerun of one
+notebook costs the disk space of what it rewrites. ``run.json`` records the files each notebook
+wrote (``outputs``); those of the notebooks rerun are not carried over, so a model that the rerun
+no longer makes does not linger. Every writer of report files replaces files atomically instead
+of rewriting them in place, so the earlier run is never changed. ``run_all.py --clean-failed`` removes failed and incomplete runs.
 """
 
 from __future__ import annotations
@@ -266,6 +267,36 @@ def previous_complete_run(reports_dir: Path, demo: bool, profile: str | list[str
     return best[1].resolve() if best else None
 
 
+def _file_ids(run_dir: Path) -> dict[str, tuple[int, int]]:
+    """Every file of a run folder: relative path → (inode, mtime in ns) — what tells a file a notebook wrote."""
+    out = {}
+    for f in run_dir.rglob("*"):
+        if f.is_file():
+            st = f.stat()
+            out[f.relative_to(run_dir).as_posix()] = (st.st_ino, st.st_mtime_ns)
+    return out
+
+
+def written_since(before: dict[str, tuple[int, int]], run_dir: Path) -> list[str]:
+    """The files of ``run_dir`` that are new or were rewritten since the snapshot ``before`` (the
+    outputs of the notebook run in between), runner files aside."""
+    return sorted(rel for rel, ident in _file_ids(run_dir).items()
+                  if before.get(rel) != ident and rel not in RUNNER_FILES)
+
+
+def outputs_of(prev_meta: dict, names: set[str]) -> tuple[set[str], list[str]]:
+    """(files the notebooks ``names`` wrote in the run ``prev_meta`` describes, the names of those
+    among them whose outputs that run did not record — runs from before the record existed)."""
+    files, unknown = set(), []
+    for n in prev_meta.get("notebooks", []):
+        if n["name"] in names:
+            if "outputs" in n:
+                files |= set(n["outputs"])
+            else:
+                unknown.append(n["name"])
+    return files, unknown
+
+
 def carry_over(previous: Path, run_dir: Path, skip: set[str]) -> dict:
     """Hard-link every file of ``previous`` into ``run_dir`` except the runner's own files and
     ``skip`` (relative paths: the outputs of the notebooks about to rerun); copy where a link
@@ -384,6 +415,14 @@ def run_study(cfg: RunConfig) -> int:
         prev_meta = json.loads((previous / "run.json").read_text())
         rerun = {nb.stem for nb in notebooks}
         skip = {f"notebooks/{nb.name}" for nb in notebooks} | {f"html/{nb.stem}.html" for nb in notebooks}
+        # what the rerun notebooks wrote there (results, models, tables, figures) is not carried: a model
+        # that a rerun no longer makes must not linger in this run's comparison, report or app
+        stale, unknown = outputs_of(prev_meta, rerun)
+        skip |= stale
+        if unknown:
+            _say(f"Run {previous.name} does not record what {', '.join(unknown)} wrote (it predates that record): its "
+                 "files are carried over and replaced where this run writes them again; a model the rerun no longer "
+                 "makes would stay — check the comparison table")
         link_stats = carry_over(previous, run_dir, skip)
         carried = {n["name"]: {**n, "from_run": n.get("from_run") or prev_meta.get("run_id")}
                    for n in prev_meta.get("notebooks", []) if n["name"] not in rerun}
@@ -431,6 +470,7 @@ def run_study(cfg: RunConfig) -> int:
             _say(f"[{i}/{len(notebooks)}] {nb.stem} …")
             t0 = time.perf_counter()
             error = None
+            before = _file_ids(run_dir)
             status[nb.stem] = {"name": nb.stem, "ok": False, "wall_s": None, "error": "running",
                                "ipynb": f"notebooks/{nb.name}", "html": f"html/{nb.stem}.html", "from_run": None}
             try:
@@ -450,7 +490,7 @@ def run_study(cfg: RunConfig) -> int:
                     render_html(executed, html, cfg.demo)
                 except Exception as exc:  # the executed notebook stays the primary record
                     _say(f"    (HTML export failed: {type(exc).__name__}: {exc})")
-            status[nb.stem].update(ok=error is None, wall_s=wall, error=error)
+            status[nb.stem].update(ok=error is None, wall_s=wall, error=error, outputs=written_since(before, run_dir))
             if error:
                 failed = (nb, error, executed)
                 break
