@@ -15,6 +15,7 @@ import pandas as pd
 
 from ..info import CLASS_INDEX, PROBA_COLUMNS
 from .bootstrap import paired_bootstrap_difference
+from .evaluate import arrays
 
 DEFAULT_WEIGHTS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
 
@@ -38,8 +39,7 @@ def _aligned(a: pd.DataFrame, b: pd.DataFrame, what: str) -> tuple[pd.DataFrame,
 
 
 def _proba(t: pd.DataFrame) -> np.ndarray:
-    p = t[list(PROBA_COLUMNS)].to_numpy(dtype=np.float64)
-    return p / p.sum(axis=1, keepdims=True)
+    return arrays(t)[1]  # normalised float64 probabilities, as every evaluation reads them
 
 
 def _fuse(a: pd.DataFrame, b: pd.DataFrame, w: float) -> pd.DataFrame:
