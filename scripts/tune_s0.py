@@ -28,7 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
-    from busi_study.data.store import ProcessedData
+    from busi_study.data.consistency import open_run_data
     from busi_study.errors import ParameterError, StudyError
     from busi_study.evaluation.evaluate import arrays
     from busi_study.evaluation.metrics import classification_metrics
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        store = ProcessedData.of_run(args.report)
+        store = open_run_data(args.report)
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

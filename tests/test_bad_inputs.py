@@ -22,10 +22,10 @@ import pytest
 from PIL import Image
 
 from busi_study.cli import main, run_all_main
+from busi_study.data.consistency import open_run_data
 from busi_study.data.images import read_gray, read_rgb
 from busi_study.data.manifest import scan_dataset
 from busi_study.data.prepare import prepare_data as _prepare_data
-from busi_study.data.store import ProcessedData
 from busi_study.errors import ProvenanceError, StudyError
 from busi_study.report import runner
 
@@ -498,7 +498,7 @@ def _report_with(tmp_path: Path, summary: dict) -> Path:
 
 def test_report_without_data(tmp_path):
     with pytest.raises(ProvenanceError, match="run notebooks/00_download first"):
-        ProcessedData.of_run(tmp_path)
+        open_run_data(tmp_path)
 
 
 def test_two_datasets_never_share_a_processed_folder(prepared, tmp_path):
@@ -509,7 +509,7 @@ def test_two_datasets_never_share_a_processed_folder(prepared, tmp_path):
     data_b = prepare_data(str(other), base / "data", progress=False)
     assert data_b.store.folder != data_a.store.folder
     rep = _report_with(tmp_path, data_a.summary)
-    store = ProcessedData.of_run(rep)  # dataset A's report still reads dataset A
+    store = open_run_data(rep)  # dataset A's report still reads dataset A
     assert store.folder == data_a.store.folder and len(store.read("manifest")) == data_a.summary["n_images"]
     regrouped = prepare_data(str(root), base / "data", phash_threshold=4, progress=False)
     assert regrouped.store.folder != data_a.store.folder  # other grouping parameters: another folder
@@ -519,7 +519,7 @@ def test_changed_splits_are_a_one_line_error_naming_both(prepared, tmp_path):
     _, _, data = prepared
     rep = _report_with(tmp_path, {**data.summary, "splits_sha256": "f" * 64})
     with pytest.raises(ProvenanceError, match=r"splits ffffffffffff.*--from 00") as e:
-        ProcessedData.of_run(rep)
+        open_run_data(rep)
     assert data.summary["splits_sha256"][:12] in str(e.value) and "\n" not in str(e.value)
 
 
@@ -531,10 +531,10 @@ def test_carried_results_of_other_splits_are_refused(prepared, tmp_path):
     (res / "metrics.json").write_text(json.dumps({"data_manifest_sha256": data.summary["manifest_sha256"],
                                                   "data_splits_sha256": "0" * 64}))
     with pytest.raises(ProvenanceError, match=r"results/s2_cnn were made from .* splits 000000000000 .* --from 02"):
-        ProcessedData.of_run(rep)
+        open_run_data(rep)
     (res / "metrics.json").write_text(json.dumps({"data_manifest_sha256": data.summary["manifest_sha256"],
                                                   "data_splits_sha256": data.summary["splits_sha256"]}))
-    assert ProcessedData.of_run(rep).folder == data.store.folder
+    assert open_run_data(rep).folder == data.store.folder
 
 
 def test_runner_refuses_a_report_mixing_data(tmp_path, fake_papermill, capsys, prepared, monkeypatch):

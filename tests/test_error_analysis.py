@@ -68,7 +68,7 @@ def test_annotation_features_find_colour_and_marks(tmp_path):
 
 
 def test_localisation_summary_has_cis_and_baseline():
-    from busi_study.explain.heldout_maps import summarise
+    from busi_study.studies.heldout_maps import summarise
 
     rng = np.random.default_rng(0)
     n = 120

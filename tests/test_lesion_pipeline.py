@@ -20,8 +20,7 @@ from busi_study.cli import REPO, main  # noqa: E402
 from busi_study.data import arrays  # noqa: E402
 from busi_study.data.enhance import ENHANCEMENTS, enhance  # noqa: E402
 from busi_study.data.prepare import prepare_data  # noqa: E402
-from busi_study.explain.heldout_maps import ModelInputs  # noqa: E402
-from busi_study.models import lesion_pipeline as lp  # noqa: E402
+from busi_study.models import crops as lp  # noqa: E402
 from busi_study.models import registry  # noqa: E402
 from busi_study.models import segmentation as sg  # noqa: E402
 from busi_study.models.experiment import Experiment, run_folds  # noqa: E402
@@ -30,6 +29,8 @@ from busi_study.models.training import TrainConfig  # noqa: E402
 from busi_study.params import StudyParams  # noqa: E402
 from busi_study.predict import CropPipelineModel, load_model, predict_files  # noqa: E402
 from busi_study.results import ModelResults  # noqa: E402
+from busi_study.studies import s1_pipeline  # noqa: E402
+from busi_study.studies.heldout_maps import ModelInputs  # noqa: E402
 
 DEFAULT = StudyParams.from_profile("default", REPO / "params", {"data_source": "demo"})
 
@@ -191,7 +192,7 @@ def test_exported_segmenter_matches_the_cached_path(seg_cv):
 
 def test_crop_cv_uses_each_folds_own_crops(seg_cv, demo_store):
     ex, cv = seg_cv
-    source = lp.CropSource(ex, cv, lp.load_originals(demo_store), list(range(5)))
+    source = lp.CropSource(ex, cv, arrays.load_originals(demo_store), list(range(5)))
     a, b = source.images(0, 0.25, 32), source.images(1, 0.25, 32)
     assert a.shape == (len(ex.table), 32, 32, 3) and not np.array_equal(a, b)
     boxes = source.box_table(0.25)
@@ -214,7 +215,7 @@ def test_crop_cv_uses_each_folds_own_crops(seg_cv, demo_store):
         lp.Experiment = orig
     assert len(seen) == 5 and all(np.array_equal(s, source.images(k, 0.25, 32)) for k, s in enumerate(seen))
     assert res.oof["image_id"].is_unique and len(res.oof) == len(ex.table)
-    margin, table = lp.choose_margin(recipe, source, demo_store.read("splits").query("seed == 42"), [0.1, 0.5], seed=42,
+    margin, table = s1_pipeline.choose_margin(recipe, source, demo_store.read("splits").query("seed == 42"), [0.1, 0.5], seed=42,
                                      progress=False)
     assert margin in (0.1, 0.5) and table["chosen"].sum() == 1 and (table["n_val"] > 0).all()
     assert table.loc[table["chosen"], "val_log_loss"].iloc[0] == table["val_log_loss"].min()
@@ -285,7 +286,7 @@ def test_explanations_of_a_crop_model_are_pasted_into_the_box(tmp_path, demo_sto
 
 # ---------------------------------------------------------------- lesion-aware candidates
 def cand(kind, **kw):
-    from busi_study.models.lesion_aware import CandidateRecipe
+    from busi_study.models.lesion_models import CandidateRecipe
 
     base = dict(name=f"t-{kind}", kind=kind, backbone="mobilenet_v2", input_size=64, crop_size=64,
                 train=TrainConfig(epochs=3, batch_size=16, patience=2), backbone_kwargs={"alpha": 0.35}, weights=weights())
@@ -294,7 +295,7 @@ def cand(kind, **kw):
 
 
 def test_attention_candidate_learns_its_map_from_the_masks(demo_store):
-    from busi_study.models.lesion_aware import CandidateExperiment, frozen_top, masks_at
+    from busi_study.models.lesion_models import CandidateExperiment, frozen_top, masks_at
 
     whole, _, _ = frozen_top(demo_store, "mobilenet_v2", {"alpha": 0.35}, weights(), 256)  # an 8 x 8 feature grid
     masks = masks_at(demo_store, 256, whole.shape[1])
@@ -312,25 +313,25 @@ def test_attention_candidate_learns_its_map_from_the_masks(demo_store):
 
 
 def test_candidates_are_chosen_on_validation_and_only_the_chosen_one_is_written(seg_cv, demo_store, tmp_path):
-    from busi_study.models import s1_study
-    from busi_study.models.s1_study import CropRun
     from busi_study.results import ResultsStore
+    from busi_study.studies import lesion_aware
+    from busi_study.studies.s1_pipeline import CropRun
 
     ex, cv = seg_cv
-    source = lp.CropSource(ex, cv, lp.load_originals(demo_store), list(range(5)))
+    source = lp.CropSource(ex, cv, arrays.load_originals(demo_store), list(range(5)))
     crop = CropRun(run=None, margin=0.25, source=source)
     p = StudyParams.from_profile("smoke", REPO / "params", {"data_source": "demo", "s0_input_size": 64,
                                                             "s1_hires_size": 256, "mobilenet_alpha": 0.35,
                                                             "weights": weights(), "s1_seeds": [42, 43]})
     results = ResultsStore(tmp_path / "run")
-    search = s1_study.run_candidates(p.s1, p.s0, p.models, p.augment, crop, demo_store, results, seed=42, bootstrap=p.bootstrap)
+    search = lesion_aware.run_candidates(p.s1, p.s0, p.models, p.augment, crop, demo_store, results, seed=42, bootstrap=p.bootstrap)
     t = search.table
     assert set(t["kind"]) == {"attention", "two_stream", "two_stream_hires", "attention_ft"} and t["chosen"].sum() == 1
     assert t.loc[t["chosen"], "val_log_loss"].iloc[0] == t["val_log_loss"].min()
     assert results.trained_names() == [search.chosen.name]
     rec = results.load(search.chosen.name).record
     assert len(rec["candidate_search"]) == 4 and "inner-validation" in rec["choice"]
-    per_seed, summary = s1_study.seed_comparison(search, p.s1, p.s0, p.models, p.augment, crop, demo_store, split_seed=42,
+    per_seed, summary = lesion_aware.seed_comparison(search, p.s1, p.s0, p.models, p.augment, crop, demo_store, split_seed=42,
                                                  bootstrap=p.bootstrap, progress=False)
     assert sorted(per_seed["seed"].unique()) == [42, 43] and set(summary["n_seeds"]) == {2}
     assert {"accuracy", "macro_auc", "benign_vs_malignant_auc"} == set(summary["metric"])
@@ -339,7 +340,7 @@ def test_candidates_are_chosen_on_validation_and_only_the_chosen_one_is_written(
 
 def test_exported_attention_model_predicts_and_explains(demo_store, tmp_path):
     from busi_study.explain.gradcam import gradcam
-    from busi_study.models.lesion_aware import CandidateExperiment, export_classifier, frozen_top, masks_at
+    from busi_study.models.lesion_models import CandidateExperiment, export_classifier, frozen_top, masks_at
 
     r = cand("attention")
     whole, pre, bb = frozen_top(demo_store, "mobilenet_v2", {"alpha": 0.35}, weights(), 64)
@@ -356,12 +357,12 @@ def test_exported_attention_model_predicts_and_explains(demo_store, tmp_path):
 
 
 def test_two_stream_pipeline_exports_and_predicts(tmp_path, seg_cv, demo_store):
-    from busi_study.models.lesion_aware import CandidateExperiment, export_two_stream, frozen_top
+    from busi_study.models.lesion_models import CandidateExperiment, export_two_stream, frozen_top
 
     ex, cv = seg_cv
     r = cand("two_stream", crop_size=64)
     whole, pre, bb = frozen_top(demo_store, "mobilenet_v2", {"alpha": 0.35}, weights(), 64)
-    crops = lp.CropSource(ex, cv, lp.load_originals(demo_store), list(range(5))).images(0, 0.25, 64)
+    crops = lp.CropSource(ex, cv, arrays.load_originals(demo_store), list(range(5))).images(0, 0.25, 64)
     cfeat, pre_c, bb_c = frozen_top(demo_store, "mobilenet_v2", {"alpha": 0.35}, weights(), 64, images=crops)
     cex = CandidateExperiment(r, arrays.labels_and_groups(demo_store), whole, None, cfeat.mean(axis=(1, 2)), progress=False)
     fm = cex.fit(np.arange(20), None, 1, epochs=[1])
@@ -409,7 +410,7 @@ def test_augmented_masks_follow_their_images_geometry(demo_store):
     """mask_views warps each mask with its image's view transform: an image made of the mask itself,
     augmented as the S0 recipe augments images, gives back the same mask view."""
     from busi_study.models.augment import AugmentConfig, views_batch
-    from busi_study.models.lesion_aware import mask_views
+    from busi_study.models.lesion_models import mask_views
 
     r = Recipe(name="t", kind="finetune", input_size=64, train=TrainConfig(), backbone="mobilenet_v2", n_views=4,
                augment=AugmentConfig(rotation_deg=20, zoom=0.2, shift=0.1))
@@ -434,19 +435,19 @@ def cv2_area(x, grid):
 
 
 def test_finetuned_attention_candidate_is_chosen_exported_and_its_models_match_its_predictions(demo_store, tmp_path):
-    from busi_study.models import s1_study
-    from busi_study.models.lesion_aware import CandidateRecipe
+    from busi_study.models.lesion_models import CandidateRecipe
     from busi_study.results import ResultsStore
+    from busi_study.studies import lesion_aware
 
     p = StudyParams.from_profile("smoke", REPO / "params", {"data_source": "demo", "s0_input_size": 64, "mobilenet_alpha": 0.35,
                                                             "weights": weights(), "s1_candidates": ["attention_ft"]})
-    (recipe,) = s1_study.candidate_recipes(p.s1, p.s0, p.models, p.augment)
+    (recipe,) = lesion_aware.candidate_recipes(p.s1, p.s0, p.models, p.augment)
     assert recipe.kind == "attention_ft" and recipe.finetune_from.unfreeze_blocks == p.s0.unfreeze_blocks
     assert "fine-tuned" in recipe.title
     with pytest.raises(ValueError, match="finetune_from"):
         CandidateRecipe(name="x", kind="attention_ft", backbone="mobilenet_v2", input_size=64, crop_size=64, train=TrainConfig())
     results = ResultsStore(tmp_path / "run")
-    search = s1_study.run_candidates(p.s1, p.s0, p.models, p.augment, None, demo_store, results, seed=42, bootstrap=p.bootstrap)
+    search = lesion_aware.run_candidates(p.s1, p.s0, p.models, p.augment, None, demo_store, results, seed=42, bootstrap=p.bootstrap)
     assert search.chosen is not None and search.chosen.kind == "attention_ft"
     res = results.load(search.chosen.name)
     oof = res.oof

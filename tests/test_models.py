@@ -115,7 +115,7 @@ def test_weights_unavailable_is_reported_with_the_file(monkeypatch, tmp_path):
 def test_skipped_model_is_visible_and_strict_fails(monkeypatch, tmp_path, demo_store):
     import dataclasses
 
-    from busi_study.models import model_run
+    from busi_study.studies import model_run
 
     monkeypatch.setattr(model_run, "weights_available", lambda *a, **k: (False, "resnet50: ImageNet weights not available"))
     recipe = tiny("frozen_head", backbone="resnet50", backbone_kwargs={}, weights="imagenet", name="s3_head-resnet50")
@@ -207,7 +207,7 @@ def test_export_and_predict_cli(tmp_path, demo_store, capsys):
 
 
 def test_benchmark_cached_and_in_loop_see_the_same_features(demo_store):
-    from busi_study.models.benchmark import cached_vs_in_loop
+    from busi_study.studies.benchmark import cached_vs_in_loop
 
     ex = Experiment(tiny("frozen_head"), demo_store, seed=42, progress=False).prepare()
     splits = demo_store.read("splits")
@@ -221,7 +221,7 @@ def test_benchmark_cached_and_in_loop_see_the_same_features(demo_store):
 
 
 def test_timing_only_benchmark_uses_random_weights_and_a_subset(demo_store):
-    from busi_study.models.benchmark import timing_only
+    from busi_study.studies.benchmark import timing_only
 
     splits = demo_store.read("splits")
     r = tiny("frozen_head", weights="none", input_size=32, n_views=2)
@@ -258,7 +258,7 @@ def test_tune_s0_scores_candidates_on_validation_only(demo_store, tmp_path):
 
 
 def test_explain_images_covers_normal_images_with_the_held_out_fold_model(demo_store, tmp_path):
-    from busi_study.explain.heldout_maps import explain_images
+    from busi_study.studies.heldout_maps import explain_images
 
     ex = Experiment(tiny("scratch"), demo_store, seed=42, progress=False).prepare()
     splits = demo_store.read("splits")

@@ -11,11 +11,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from busi_study import provenance  # noqa: E402
+from busi_study import (
+    plots,  # noqa: E402
+    provenance,  # noqa: E402
+)
 from busi_study.errors import StudyError  # noqa: E402
 from busi_study.evaluation.calibration import reliability_table  # noqa: E402
 from busi_study.info import DEMO_BANNER  # noqa: E402
-from busi_study.report import plots  # noqa: E402
 from busi_study.report.export import round_table, save_figure, save_table, titled  # noqa: E402
 from busi_study.report.index import write_index  # noqa: E402
 

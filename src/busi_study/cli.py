@@ -218,9 +218,7 @@ def _tools(argv: list[str] | None) -> int:
         import os
 
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        from .evaluate_folder import main as evaluate_main
-
-        return evaluate_main(args)
+        return evaluate_command(args)
     if args.cmd == "predict":
         import os
 
@@ -274,3 +272,40 @@ def _tools(argv: list[str] | None) -> int:
         print(make_demo_dataset(args.out, seed=args.seed))
         return 0
     return 1
+
+
+def evaluate_command(args) -> int:
+    """The ``evaluate`` subcommand: one model on a labelled folder (see :mod:`busi_study.studies.folder_evaluation`)."""
+    from .evaluation.external import TransferSettings
+    from .predict import load_model
+    from .studies.folder_evaluation import evaluate_model, read_label_table, resolve_rows, settings_for, write_outputs
+
+    root = Path(args.folder)
+    if not root.is_dir():
+        raise StudyError(f"image folder not found: {root}")
+    negatives = tuple(args.negative) if args.negative else None
+    settings = settings_for(args.settings_from, args.positive, negatives)
+    if args.threshold or args.temperature is not None:
+        base = settings or TransferSettings(1.0, {}, 0, "given on the command line")
+        thr = dict(base.thresholds)
+        for item in args.threshold or []:
+            k, _, v = item.partition("=")
+            try:
+                thr[k.strip()] = float(v)
+            except ValueError:
+                raise StudyError(f"--threshold {item}: expected NAME=NUMBER") from None
+        settings = TransferSettings(float(args.temperature) if args.temperature is not None else base.temperature, thr,
+                                    base.n_validation, base.rule + "; overridden on the command line")
+    folder = resolve_rows(read_label_table(args.labels), root, args.image_column, args.label_column, args.group_column)
+    model, card = load_model(args.model)
+    name = card.get("model", Path(args.model).stem)
+    ev = evaluate_model(model, name, folder, settings, args.positive, negatives, args.resamples, args.seed)
+    write_outputs(ev, args.out)
+    t = ev.table.set_index("metric")
+    print(f"{name}: {ev.info['n_binary']} images in the task ({ev.info['n_positive']} {args.positive}), "
+          f"{ev.info['n_bad']} bad rows skipped (see {Path(args.out) / 'bad_rows.csv'})", file=sys.stderr)
+    for m in t.index:
+        print(f"  {m}: {t.loc[m, 'value']:.3f} [{t.loc[m, 'ci_low']:.3f}, {t.loc[m, 'ci_high']:.3f}]", file=sys.stderr)
+    print(f"written to {args.out}; NOT FOR CLINICAL USE", file=sys.stderr)
+    return 0
+

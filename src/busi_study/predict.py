@@ -122,7 +122,7 @@ class CropPipelineModel:
 
     def lesion(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
         """(predicted mask at the image's size, relative box y0 y1 x0 x1, found)."""
-        from .models.lesion_pipeline import box_of
+        from .models.crops import box_of
 
         x = cv2.resize(rgb, (self.seg_size, self.seg_size), interpolation=cv2.INTER_AREA).astype(np.float32)[None]
         prob = np.asarray(self.segmenter.predict(x, verbose=0))[0, ..., 0]
@@ -133,7 +133,7 @@ class CropPipelineModel:
 
     def predict_image(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
         """(probabilities (3,), mask, relative box, found) of one RGB image."""
-        from .models.lesion_pipeline import crop
+        from .models.crops import crop
 
         mask, box, found = self.lesion(rgb)
         if len(self.classifier.inputs) == 2:  # two streams: the whole image and the crop

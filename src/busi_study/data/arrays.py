@@ -87,3 +87,9 @@ def labels_and_groups(store: ProcessedData) -> pd.DataFrame:
     groups = store.read("groups")[["image_id", "group_id", "label_conflict"]]
     out = manifest[["image_id", "label", "label_idx"]].merge(groups, on="image_id", how="left", validate="1:1")
     return out
+
+
+def load_originals(store: ProcessedData, preprocessing: str = "none") -> list[np.ndarray]:
+    """Every manifest image at its own resolution (enhanced as ``preprocessing`` says), in manifest order."""
+    root = Path(store.raw_root())
+    return [enhance(read_rgb(root / p), preprocessing) for p in store.read("manifest")["path"]]

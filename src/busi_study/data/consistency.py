@@ -2,7 +2,7 @@
 
 Notebook 00 writes ``<report>/data_summary.json`` holding the processed-data folder of this run
 and the SHA-256 of its manifest and splits. Every later notebook opens the data with
-``ProcessedData.of_run(report_dir)`` (= :func:`open_run_data`), which
+:func:`open_run_data` (``report_dir``), which
 
 * reads that summary (no summary: run 00 first),
 * checks that the manifest and splits files in the folder still have the recorded hashes,

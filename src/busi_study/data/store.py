@@ -10,7 +10,7 @@ frozen-network outputs; their file names carry the manifest hash) live in
 
 Each step of the data path writes one file that the next step (and every later notebook)
 reads; nothing is recomputed downstream. Notebooks after 00 open the store of *their run*
-with :meth:`ProcessedData.of_run`, which checks the recorded hashes (see ``consistency``).
+with :func:`busi_study.data.consistency.open_run_data`, which checks the recorded hashes.
 """
 
 from __future__ import annotations
@@ -38,15 +38,6 @@ class ProcessedData:
         """The store ``data_dir/processed/<dataset>/<key>`` with the dataset's shared cache folder."""
         root = Path(data_dir) / "processed" / dataset
         return cls(root / key, root / "cache")
-
-    @classmethod
-    def of_run(cls, report_dir: Path | str, data_dir: Path | str | None = None) -> ProcessedData:
-        """The processed data *this run* made (``report_dir/data_summary.json``), after checking
-        that its manifest and splits, and every model result in the report, carry the recorded
-        hashes; a mismatch is a one-line :class:`~busi_study.errors.ProvenanceError`."""
-        from .consistency import open_run_data
-
-        return open_run_data(report_dir, data_dir)
 
     @property
     def cache_dir(self) -> Path:

@@ -138,3 +138,11 @@ def wide_row(table: pd.DataFrame, metrics: list[str] = HEADLINE) -> dict[str, fl
             row[f"{m}_ci_low"] = float(t.loc[m, "ci_low"])
             row[f"{m}_ci_high"] = float(t.loc[m, "ci_high"])
     return row
+
+
+def validation_scores(val: pd.DataFrame) -> tuple[float, float]:
+    """Pooled log loss and accuracy of the folds' inner-validation predictions (the frame a CV run
+    keeps as ``val``): what every choice of the study (margins, candidates, weights) is made on."""
+    y = val["label"].map(CLASS_INDEX).to_numpy()
+    p = np.clip(val[list(PROBA_COLUMNS)].to_numpy(dtype=float), 1e-7, 1.0)
+    return float(-np.mean(np.log(p[np.arange(len(y)), y]))), float((p.argmax(1) == y).mean())

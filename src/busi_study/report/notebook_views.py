@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from .. import plots
+from ..data.consistency import open_run_data
 from ..data.store import ProcessedData
 from ..info import DEMO_BANNER
-from ..models.model_run import ModelRun, metrics_display
 from ..results import ResultsStore
-from . import plots
+from ..studies.model_run import ModelRun, metrics_display
 from .export import save_figure, save_table, titled
 
 
@@ -50,9 +51,9 @@ class StudyNotebook:
         parameters cell). Shows the DEMO banner on demo data; ``need_data`` prints what data it reads."""
         report_dir = Path(report_dir)
         report_dir.mkdir(parents=True, exist_ok=True)
-        # this run's data, after checking manifest / splits / carried results against its hashes (issue 12);
+        # this run's data, after checking manifest / splits / carried results against its hashes;
         # 00_download (need_data=False) makes the data and gets its store from prepare_data
-        store = (ProcessedData.of_run(report_dir, data_dir) if need_data
+        store = (open_run_data(report_dir, data_dir) if need_data
                  else ProcessedData(Path(data_dir) / "processed" / ("demo" if demo else "busi")))
         nb = cls(report_dir=report_dir, store=store, demo=demo, figure_dpi=figure_dpi)
         if demo:

@@ -18,9 +18,9 @@ from ..data.store import write_text  # noqa: E402
 from ..evaluation.bootstrap import paired_bootstrap_difference  # noqa: E402
 from ..evaluation.evaluate import HEADLINE, arrays, wide_row  # noqa: E402
 from ..info import DEMO_BANNER  # noqa: E402
+from ..plots import roc_overlay  # noqa: E402
 from ..results import ResultsStore  # noqa: E402
 from .export import save_figure, save_table  # noqa: E402
-from .plots import roc_overlay  # noqa: E402
 
 PAIRED_METRICS = ("accuracy", "macro_auc", "auc_malignant", "benign_vs_malignant_auc")
 

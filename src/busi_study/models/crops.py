@@ -1,32 +1,21 @@
-"""S1's pipeline under the study's protocol: segment → crop the *predicted* lesion → classify the crop.
+"""Crops around a predicted lesion: boxes from lesion-probability maps, crops, and maps pasted back.
 
-For outer fold ``k`` the segmenter of fold ``k`` (trained on that fold's training part only)
-predicts a lesion map for every image; the box around its largest region, widened by a margin
-on each side, is cut from the original-resolution image (whole image when nothing is found) and
-resized to the classifier's input. The classifier of fold ``k`` trains on the crops of the
-training part (maps of images the segmenter was trained on, as a deployed model's would be) and
-is tested on the crops of the test part (maps of images neither network saw). The crops are a
-function of the image alone: masks are never an input at test time (PROTOCOL §1).
-
-The margin is chosen on the inner validation parts only (pooled validation log loss of a cheap
-frozen-feature head on one view), never on the outer test folds.
+A box is relative, (y0, y1, x0, x1) in [0, 1]: the bounding box of the largest predicted region,
+widened by a margin on each side, or the whole image when nothing is found. :class:`CropSource`
+holds each outer fold's segmenter maps, so that fold ``k``'s classifier trains and tests on the
+crops that fold ``k``'s segmenter (trained on that fold's training part only) predicts; the crops
+are a function of the image alone, never of a test image's mask (protocol §1, docs/protocol.md).
+``crop_cv`` runs a recipe's grouped CV on those per-fold crops.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
-from ..data.enhance import enhance
-from ..data.images import read_rgb
-from ..data.store import ProcessedData
-from ..evaluation.metrics import classification_metrics
 from .experiment import CVResult, Experiment, run_folds
 from .features import cache_key
 from .recipes import Recipe
@@ -74,12 +63,6 @@ def paste(crop_map: np.ndarray, box: np.ndarray, shape: tuple[int, int]) -> np.n
     out = np.zeros(shape[:2], np.float32)
     out[r0:r1, c0:c1] = cv2.resize(np.asarray(crop_map, np.float32), (c1 - c0, r1 - r0), interpolation=cv2.INTER_LINEAR)
     return out
-
-
-def load_originals(store: ProcessedData, preprocessing: str = "none") -> list[np.ndarray]:
-    """Every manifest image at its own resolution (enhanced as ``preprocessing`` says), in manifest order."""
-    root = Path(store.raw_root())
-    return [enhance(read_rgb(root / p), preprocessing) for p in store.read("manifest")["path"]]
 
 
 @dataclass
@@ -134,57 +117,3 @@ def crop_cv(recipe: Recipe, source: CropSource, splits: pd.DataFrame, margin: fl
     return run_folds(experiment, splits, seed, tta)
 
 
-def val_scores(cv: CVResult) -> tuple[float, float]:
-    """Pooled log loss and accuracy of the folds' inner-validation predictions (what choices are made on)."""
-    from ..info import CLASS_INDEX, PROBA_COLUMNS
-
-    y = cv.val["label"].map(CLASS_INDEX).to_numpy()
-    p = np.clip(cv.val[list(PROBA_COLUMNS)].to_numpy(), 1e-7, 1.0)
-    return float(-np.mean(np.log(p[np.arange(len(y)), y]))), float((p.argmax(1) == y).mean())
-
-
-def choose_margin(proxy: Recipe, source: CropSource, splits: pd.DataFrame, margins: list[float], *, seed: int,
-                  progress: bool = True) -> tuple[float, pd.DataFrame]:
-    """The margin with the lowest pooled inner-validation log loss of ``proxy`` (a frozen-feature
-    head on one view); the table lists every candidate's validation scores (test folds unused)."""
-    rows = []
-    for m in margins:
-        t0 = time.perf_counter()
-        cv = crop_cv(replace(proxy, n_views=1), source, splits, m, seed=seed, tta=False, progress=False)
-        loss, acc = val_scores(cv)
-        rows.append({"margin": m, "val_log_loss": loss, "val_accuracy": acc, "n_val": len(cv.val),
-                     "seconds": round(time.perf_counter() - t0, 1)})
-        if progress:
-            print(f"  margin {m}: validation log loss {rows[-1]['val_log_loss']:.4f}, accuracy {acc:.3f}", flush=True)
-    table = pd.DataFrame(rows)
-    best = float(table.loc[table["val_log_loss"].idxmin(), "margin"])
-    table["chosen"] = table["margin"] == best
-    return best, table
-
-
-def s1_protocol(seg: SegmentationExperiment, recipe: Recipe, originals: list[np.ndarray], margin: float, *,
-                test_fraction: float, val_fraction: float, repeats: int, epochs: list[int], seed: int) -> pd.DataFrame:
-    """S1's own protocol: a random *image-level* split (repeated), segmenter and classifier trained
-    on the training part, the classifier for a fixed number of epochs per phase (S1: 3), tested on
-    the random test part; the test images with a near-duplicate in training are counted."""
-    y = seg.table["label_idx"].to_numpy()
-    g = seg.table["group_id"].to_numpy()
-    idx = np.arange(len(y))
-    rows = []
-    for r in range(repeats):
-        s = seed + r
-        t0 = time.perf_counter()
-        train_val, test = train_test_split(idx, test_size=test_fraction, random_state=s, stratify=y)
-        train, val = train_test_split(train_val, test_size=val_fraction, random_state=s, stratify=y[train_val])
-        dec, _, _, _ = seg.fit(np.sort(train), np.sort(val), s + 300)
-        maps = seg.predict(dec)
-        boxes, _ = boxes_of(maps, seg.recipe.threshold, seg.recipe.min_area, margin)
-        crops = np.stack([crop(im, b, recipe.input_size) for im, b in zip(originals, boxes)])
-        ex = Experiment(recipe, seg.store, seed=s, progress=False, images=crops).prepare()
-        fm = ex.fit(np.sort(train_val), None, s + 500, epochs=epochs)
-        p = ex.predict(fm, np.sort(test))
-        m = classification_metrics(y[np.sort(test)], p)
-        rows.append({"repeat": r, "seed": s, "n_test": len(test), "epochs_per_phase": str(epochs),
-                     "test_images_with_duplicate_in_training": int(np.isin(g[test], g[train_val]).sum()),
-                     "seconds": round(time.perf_counter() - t0, 1), **m})
-    return pd.DataFrame(rows).rename(columns={"auc_malignant": "malignant_auc"})

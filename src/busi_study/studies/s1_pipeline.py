@@ -1,36 +1,50 @@
-"""S1 in notebook 05: enhancement ablation, lesion segmenter, classifier of the predicted lesion.
+"""Notebook 05, S1's pipeline: enhancement ablation, lesion segmenter, classifier of the predicted lesion.
 
 Each step is one call from the notebook; results go through the study's :class:`ResultsStore`:
 the crop classifier is a model like any other (``results/<name>/``: out-of-fold predictions,
 metrics with CIs, fold models, exported final model with its card), and additionally keeps the
 box of every crop per fold (``boxes.csv``) and its segmenter (``models/<name>.segmenter.keras``).
 The segmenter's own measures are written to ``results_segmentation/<name>/``.
+
+For outer fold ``k`` the crops come from fold ``k``'s segmenter (:class:`models.crops.CropSource`);
+the crop margin is chosen on the inner validation parts only (pooled validation log loss of a cheap
+frozen-feature head on one view), never on the outer test folds. ``s1_protocol`` reruns S1's own
+random image-level split (protocol §6).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
+from sklearn.model_selection import train_test_split
 
+from ..data.arrays import load_originals
 from ..data.store import ProcessedData, atomic_path, write_json
 from ..errors import ParameterError
 from ..evaluation.bootstrap import paired_bootstrap_difference
-from ..evaluation.evaluate import Evaluation, arrays, evaluate
+from ..evaluation.evaluate import Evaluation, arrays, evaluate, validation_scores
+from ..evaluation.metrics import classification_metrics
+from ..models.crops import CropSource, boxes_of, crop_cv
+from ..models.crops import crop as crop_image
+from ..models.experiment import CVResult, Experiment
+from ..models.recipes import Recipe, augment_config, backbone_kwargs, s0_recipe, train_config
+from ..models.registry import get_spec, weights_available
+from ..models.segmentation import (
+    SegCV,
+    SegmentationExperiment,
+    SegmenterRecipe,
+    per_image_table,
+    shortcut_table,
+    summary_table,
+    upsample,
+)
+from ..models.training import TrainConfig
 from ..params import BootstrapParams, ModelParams, S0Params, S1Params
 from ..results import ResultsStore
-from .experiment import CVResult, Experiment
-from .lesion_aware import CandidateRecipe
-from .lesion_pipeline import CropSource, boxes_of, choose_margin, crop_cv, load_originals, val_scores
-from .lesion_pipeline import crop as crop_image
 from .model_run import ModelRun, check_weights, data_hashes, final_epochs, model_card, write_results
-from .recipes import Recipe, augment_config, backbone_kwargs, s0_recipe, train_config
-from .registry import get_spec, weights_available
-from .segmentation import SegCV, SegmentationExperiment, SegmenterRecipe, per_image_table, shortcut_table, summary_table, upsample
-from .training import TrainConfig
 
 
 # ---------------------------------------------------------------- recipes
@@ -272,234 +286,49 @@ def claims_table(s1_claims: dict, crop_runs: list[CropRun], protocol: pd.DataFra
     return pd.DataFrame(rows)
 
 
-
-# ---------------------------------------------------------------- lesion-aware candidates (ours)
-def candidate_recipes(s1: S1Params, s0: S0Params, models: ModelParams, augment) -> list[CandidateRecipe]:
-    """One recipe per ``s1_candidates`` entry: on the segmenter's backbone (frozen, one view), or for
-    ``attention_ft`` on the S0 recipe's network, fine-tuned with S0's settings."""
-    backbone = s1.seg.backbone
-    suffix = f"-a{models.mobilenet_alpha}" if backbone == "mobilenet_v2" else ""
-    out = []
-    for kind in s1.candidates:
-        base = s0_recipe(s0, models, augment) if kind == "attention_ft" else None
-        head_train = TrainConfig(epochs=s1.head.epochs, batch_size=s1.head.batch_size, learning_rate=s1.head.learning_rate,
-                                 patience=s1.head.patience, class_weight=models.class_weight)
-        out.append(CandidateRecipe(
-            name=f"lesion_aware-{kind}-{backbone}{suffix}" + (f"-b{s0.unfreeze_blocks}" if base else ""), kind=kind,
-            backbone=base.backbone if base else backbone, input_size=s0.input_size,
-            crop_size=s1.hires_size if kind == "two_stream_hires" else s0.input_size,
-            train=base.train if base else head_train, dropout=s0.dropout, attention_weight=s1.attention_weight,
-            backbone_kwargs=base.backbone_kwargs if base else backbone_kwargs(backbone, models.mobilenet_alpha),
-            weights=models.weights, finetune_from=base))
-    return out
-
-
-@dataclass
-class CandidateSearch:
-    table: pd.DataFrame                  # validation scores of every candidate (the choice is made on these)
-    chosen: CandidateRecipe | None
-    run: ModelRun | None = None
-    skipped: str | None = None
-
-
-def run_candidates(s1: S1Params, s0: S0Params, models: ModelParams, augment, crop: CropRun | None, store: ProcessedData,
-                   results: ResultsStore, *, seed: int, bootstrap: BootstrapParams, progress: bool = True) -> CandidateSearch:
-    """Grouped CV of every candidate; the one with the lowest pooled inner-validation log loss is
-    evaluated on the out-of-fold test predictions, written like every model and (attention) exported."""
-    from .lesion_aware import candidate_cv
-
-    splits = store.read("splits")
-    splits = splits[splits["seed"] == seed]
-    recipes = candidate_recipes(s1, s0, models, augment)
-    if not recipes:
-        return CandidateSearch(pd.DataFrame(), None, skipped="no candidates (s1_candidates: [])")
-    ok, why = weights_available(recipes[0].backbone, recipes[0].weights, recipes[0].input_size, **recipes[0].backbone_kwargs)
-    if not ok:
-        return CandidateSearch(pd.DataFrame(), None, skipped=why)
-    rows, cvs = [], {}
-    for r in recipes:
-        if r.kind in ("two_stream", "two_stream_hires") and (crop is None or crop.source is None):
-            rows.append({"candidate": r.name, "kind": r.kind, "skipped": "no predicted-lesion crops (segmenter or crop classifier skipped)"})
-            continue
-        ok, why = weights_available(r.backbone, r.weights, r.crop_size, **r.backbone_kwargs)
-        if not ok:
-            rows.append({"candidate": r.name, "kind": r.kind, "skipped": why})
-            continue
-        t0 = time.perf_counter()
-        cv = candidate_cv(r, store, splits, seed=seed, source=crop.source if crop else None,
-                          margin=crop.margin if crop else None, progress=progress)
-        cvs[r.name] = cv
-        loss, acc = val_scores(cv)
-        rows.append({"candidate": r.name, "kind": r.kind, "val_log_loss": loss, "val_accuracy": acc,
-                     "n_val": len(cv.val), "seconds": round(time.perf_counter() - t0, 1)})
-    table = pd.DataFrame(rows)
-    scored = table.dropna(subset=["val_log_loss"]) if "val_log_loss" in table else table.iloc[0:0]
-    if not len(scored):
-        return CandidateSearch(table, None, skipped="no candidate could run")
-    best = scored.loc[scored["val_log_loss"].idxmin(), "candidate"]
-    table["chosen"] = table["candidate"] == best
-    chosen = next(r for r in recipes if r.name == best)
-    cv = cvs[best]
-    groups = store.read("groups")
-    conflicts = set(groups.loc[groups["label_conflict"], "image_id"])
-    ev = evaluate(cv.oof, cv.val, conflict_ids=conflicts, n_resamples=bootstrap.resamples, seed=bootstrap.seed)
-    run = ModelRun(chosen, results.model_dir(chosen.name), cv=cv, evaluation=ev)
-    run.timing = {"prepare_s": 0.0, "cv_s": float(table.loc[table["chosen"], "seconds"].iloc[0]),
-                  "per_fold_s": cv.timing["seconds"].tolist()}
-    if chosen.kind == "attention":
-        _save_attention_models(chosen, cv, ev, results, store, seed=seed, bootstrap=bootstrap, export=models.export_models, run=run)
-    elif chosen.kind == "attention_ft":
-        _save_finetuned_attention_models(chosen, cv, ev, results, store, seed=seed, bootstrap=bootstrap,
-                                         export=models.export_models, run=run)
-    elif models.export_models and crop is not None and crop.final_boxes is not None:
-        _export_two_stream(chosen, cv, ev, crop, results, store, seed=seed, bootstrap=bootstrap, run=run)
-    write_results(run, store, results, seed=seed, models=models, bootstrap=bootstrap,
-                  extra={"candidate_search": table.to_dict(orient="records"),
-                         "choice": "lowest pooled inner-validation log loss (outer test folds unused)"})
-    return CandidateSearch(table, chosen, run)
-
-
-def _save_attention_models(recipe: CandidateRecipe, cv: CVResult, ev: Evaluation, results: ResultsStore,
-                           store: ProcessedData, *, seed: int, bootstrap: BootstrapParams, export: bool, run: ModelRun) -> None:
-    """Fold models (image → probabilities, for the explanations) and the final model trained on all images."""
-    from .lesion_aware import CandidateExperiment, export_classifier, frozen_top, masks_at
-
-    whole, preprocess, backbone = frozen_top(store, recipe.backbone, recipe.backbone_kwargs or {}, recipe.weights,
-                                             recipe.input_size, seed=seed)
-    for k, fm in enumerate(cv.fold_models):
-        with atomic_path(results.fold_model_path(recipe.name, k)) as tmp:
-            export_classifier(recipe, fm.head, preprocess, backbone).save(tmp)
-    if not export:
-        return
-    t0 = time.perf_counter()
-    from ..data.arrays import labels_and_groups
-
-    ex = CandidateExperiment(recipe, labels_and_groups(store), whole, masks_at(store, recipe.input_size, whole.shape[1]), None,
-                             progress=False)
-    epochs = final_epochs(cv)
-    fm = ex.fit(np.arange(len(ex.y)), None, seed + 99, epochs=epochs)
-    path = results.exported_model_path(recipe.name)
-    with atomic_path(path) as tmp:
-        export_classifier(recipe, fm.head, preprocess, backbone).save(tmp)
-    write_json(model_card(recipe, ev, store, epochs, n_splits=int(cv.oof["fold"].nunique()), seed=seed, bootstrap=bootstrap,
-                          val=cv.val), path.with_suffix(".json"))
-    run.exported = path
-    run.timing["final_model_s"] = round(time.perf_counter() - t0, 1)
-
-
-def late_fusion_with_s0(results: ResultsStore, model: str, *, bootstrap: BootstrapParams
-                        ) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """Candidate (e) without training: the S0 recipe's and ``model``'s saved predictions averaged,
-    p = w·p_S0 + (1 − w)·p_model, w chosen on inner validation. Returns (validation scores per w,
-    paired fused − S0 on the test folds, a one-line summary or the reason it could not run)."""
-    from ..evaluation.fusion import late_fusion
-
-    s0 = next((n for n in results.trained_names() if n.startswith("s0_finetune-")), None)
-    if s0 is None:
-        return pd.DataFrame(), pd.DataFrame(), "no S0-recipe results in this run (notebook 04 not run): late fusion skipped"
-    a, b = results.load(s0), results.load(model)
-    if a.val is None or b.val is None:
-        return pd.DataFrame(), pd.DataFrame(), "no inner-validation predictions to choose the weight on: late fusion skipped"
-    fu = late_fusion(a.val, a.oof, b.val, b.oof, n_resamples=bootstrap.resamples, seed=bootstrap.seed)
-    paired = fu.paired.rename(columns={"a": "fused", "b": "s0"}).assign(w_s0=fu.weight, s0_model=s0, other=model)
-    acc = paired.set_index("metric").loc["accuracy"]
-    text = (f"Late fusion {s0} + {model}: weight of S0 chosen on validation **{fu.weight:g}**; on the test folds fused − S0 "
-            f"accuracy {acc['diff']:+.3f} [{acc['ci_low']:+.3f}, {acc['ci_high']:+.3f}]")
-    return fu.validation.rename(columns={"w_base": "w_s0"}), paired, text
-
-
-def _save_finetuned_attention_models(recipe: CandidateRecipe, cv: CVResult, ev: Evaluation, results: ResultsStore,
-                                     store: ProcessedData, *, seed: int, bootstrap: BootstrapParams, export: bool,
-                                     run: ModelRun) -> None:
-    """attention_ft: fold models (image → probabilities) and the final model on all images, as the S0 recipe's."""
-    from .lesion_aware import FinetunedAttentionExperiment
-
-    ex = FinetunedAttentionExperiment(recipe, store, seed=seed, progress=False).prepare()  # the cached views again
-    for k, fm in enumerate(cv.fold_models):
-        with atomic_path(results.fold_model_path(recipe.name, k)) as tmp:
-            ex.full_model(fm).save(tmp)
-    if not export:
-        return
-    t0 = time.perf_counter()
-    epochs = final_epochs(cv)
-    fm = ex.fit(np.arange(len(ex.y)), None, seed + 99, epochs=epochs)
-    path = results.exported_model_path(recipe.name)
-    with atomic_path(path) as tmp:
-        ex.full_model(fm).save(tmp)
-    write_json(model_card(recipe, ev, store, epochs, n_splits=int(cv.oof["fold"].nunique()), seed=seed, bootstrap=bootstrap,
-                          val=cv.val), path.with_suffix(".json"))
-    run.exported = path
-    run.timing["final_model_s"] = round(time.perf_counter() - t0, 1)
-
-
-def seed_comparison(search: CandidateSearch, s1: S1Params, s0: S0Params, models: ModelParams, augment, crop: CropRun | None,
-                    store: ProcessedData, *, split_seed: int, bootstrap: BootstrapParams, progress: bool = True
-                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The chosen candidate against the S0 recipe, each trained with every seed of ``s1_seeds`` on the
-    same splits. Returns (per seed: both models' accuracy / macro AUC and the paired difference with its
-    group-bootstrap CI; summary: mean ± sd across seeds)."""
-    from .lesion_aware import candidate_cv
-
-    if search.chosen is None or not s1.seeds:
-        return pd.DataFrame(), pd.DataFrame()
-    splits = store.read("splits")
-    splits = splits[splits["seed"] == split_seed]
-    s0_ex = Experiment(s0_recipe(s0, models, augment), store, seed=split_seed, progress=False).prepare()
+# ---------------------------------------------------------------- margin choice and S1's own protocol
+def choose_margin(proxy: Recipe, source: CropSource, splits: pd.DataFrame, margins: list[float], *, seed: int,
+                  progress: bool = True) -> tuple[float, pd.DataFrame]:
+    """The margin with the lowest pooled inner-validation log loss of ``proxy`` (a frozen-feature
+    head on one view); the table lists every candidate's validation scores (test folds unused)."""
     rows = []
-    for s in s1.seeds:
+    for m in margins:
         t0 = time.perf_counter()
-        a = candidate_cv(search.chosen, store, splits, seed=s, source=crop.source if crop else None,
-                         margin=crop.margin if crop else None, progress=False, view_seed=split_seed).oof
-        t1 = time.perf_counter()
-        b = s0_ex.cross_validate(splits, seed=s, tta=False).oof
-        seconds = {"lesion_aware_s": round(t1 - t0, 1), "s0_s": round(time.perf_counter() - t1, 1)}
-        y, pa, g = arrays(a)
-        _, pb, _ = arrays(b)
-        d = paired_bootstrap_difference(y, pa, pb, g, metrics=("accuracy", "macro_auc", "benign_vs_malignant_auc"),
-                                        n_resamples=bootstrap.resamples, seed=bootstrap.seed)
-        for _, r in d.iterrows():
-            rows.append({"seed": s, "metric": r["metric"], "lesion_aware": r["a"], "s0": r["b"], "diff": r["diff"],
-                         "ci_low": r["ci_low"], "ci_high": r["ci_high"], **seconds})
+        cv = crop_cv(replace(proxy, n_views=1), source, splits, m, seed=seed, tta=False, progress=False)
+        loss, acc = validation_scores(cv.val)
+        rows.append({"margin": m, "val_log_loss": loss, "val_accuracy": acc, "n_val": len(cv.val),
+                     "seconds": round(time.perf_counter() - t0, 1)})
         if progress:
-            acc = d.set_index("metric").loc["accuracy"]
-            print(f"  seed {s}: accuracy {acc['a']:.3f} vs S0 {acc['b']:.3f} (diff {acc['diff']:+.3f}, "
-                  f"95 % CI {acc['ci_low']:+.3f} to {acc['ci_high']:+.3f}; {seconds['lesion_aware_s']:.0f} s + "
-                  f"{seconds['s0_s']:.0f} s)", flush=True)
-    per_seed = pd.DataFrame(rows)
-    summary = per_seed.groupby("metric").agg(lesion_aware_mean=("lesion_aware", "mean"), lesion_aware_sd=("lesion_aware", "std"),
-                                             s0_mean=("s0", "mean"), s0_sd=("s0", "std"), diff_mean=("diff", "mean"),
-                                             diff_sd=("diff", "std")).reset_index()
-    excl = per_seed.assign(ex=(per_seed["ci_low"] > 0) | (per_seed["ci_high"] < 0)).groupby("metric")["ex"].sum()
-    summary["seeds_ci_excludes_0"] = summary["metric"].map(excl).astype(int)
-    summary["n_seeds"] = len(s1.seeds)
-    return per_seed, summary
+            print(f"  margin {m}: validation log loss {rows[-1]['val_log_loss']:.4f}, accuracy {acc:.3f}", flush=True)
+    table = pd.DataFrame(rows)
+    best = float(table.loc[table["val_log_loss"].idxmin(), "margin"])
+    table["chosen"] = table["margin"] == best
+    return best, table
 
 
-def _export_two_stream(recipe: CandidateRecipe, cv: CVResult, ev: Evaluation, crop: CropRun, results: ResultsStore,
-                       store: ProcessedData, *, seed: int, bootstrap: BootstrapParams, run: ModelRun) -> None:
-    """Final two-stream model: its head trained on all images (whole image + the crops of the crop
-    pipeline's final segmenter, the folds' median epochs), saved as a two-input classifier whose card
-    names that segmenter, so ``predict`` runs segment → crop → classify."""
-    from ..data.arrays import labels_and_groups
-    from .lesion_aware import CandidateExperiment, export_two_stream, frozen_top
-
-    t0 = time.perf_counter()
-    kw = recipe.backbone_kwargs or {}
-    whole, pre, bb = frozen_top(store, recipe.backbone, kw, recipe.weights, recipe.input_size, seed=seed)
-    crops = np.stack([crop_image(im, b, recipe.crop_size) for im, b in zip(crop.source.originals, crop.final_boxes)])
-    cfeat, pre_c, bb_c = frozen_top(store, recipe.backbone, kw, recipe.weights, recipe.crop_size, images=crops, seed=seed)
-    ex = CandidateExperiment(recipe, labels_and_groups(store), whole, None, cfeat.mean(axis=(1, 2)), progress=False)
-    epochs = final_epochs(cv)
-    fm = ex.fit(np.arange(len(ex.y)), None, seed + 99, epochs=epochs)
-    path = results.exported_model_path(recipe.name)
-    with atomic_path(path) as tmp:
-        export_two_stream(recipe, fm.head, pre, bb, pre_c, bb_c).save(tmp)
-    crop_card = json.loads(crop.run.exported.with_suffix(".json").read_text())
-    card = model_card(recipe, ev, store, epochs, n_splits=int(cv.oof["fold"].nunique()), seed=seed, bootstrap=bootstrap,
-                      val=cv.val)
-    card["input"]["resize"] = ("two inputs: the whole image (plain resize) and the crop around the lesion predicted by "
-                               f"the segmenter of {crop.run.recipe.name} ({recipe.crop_size}px)")
-    card["pipeline"] = {**crop_card["pipeline"], "inputs": ["image", "crop"], "crop_size": recipe.crop_size}
-    write_json(card, path.with_suffix(".json"))
-    run.exported = path
-    run.timing["final_model_s"] = round(time.perf_counter() - t0, 1)
+def s1_protocol(seg: SegmentationExperiment, recipe: Recipe, originals: list[np.ndarray], margin: float, *,
+                test_fraction: float, val_fraction: float, repeats: int, epochs: list[int], seed: int) -> pd.DataFrame:
+    """S1's own protocol: a random *image-level* split (repeated), segmenter and classifier trained
+    on the training part, the classifier for a fixed number of epochs per phase (S1: 3), tested on
+    the random test part; the test images with a near-duplicate in training are counted."""
+    y = seg.table["label_idx"].to_numpy()
+    g = seg.table["group_id"].to_numpy()
+    idx = np.arange(len(y))
+    rows = []
+    for r in range(repeats):
+        s = seed + r
+        t0 = time.perf_counter()
+        train_val, test = train_test_split(idx, test_size=test_fraction, random_state=s, stratify=y)
+        train, val = train_test_split(train_val, test_size=val_fraction, random_state=s, stratify=y[train_val])
+        dec, _, _, _ = seg.fit(np.sort(train), np.sort(val), s + 300)
+        maps = seg.predict(dec)
+        boxes, _ = boxes_of(maps, seg.recipe.threshold, seg.recipe.min_area, margin)
+        crops = np.stack([crop_image(im, b, recipe.input_size) for im, b in zip(originals, boxes)])
+        ex = Experiment(recipe, seg.store, seed=s, progress=False, images=crops).prepare()
+        fm = ex.fit(np.sort(train_val), None, s + 500, epochs=epochs)
+        p = ex.predict(fm, np.sort(test))
+        m = classification_metrics(y[np.sort(test)], p)
+        rows.append({"repeat": r, "seed": s, "n_test": len(test), "epochs_per_phase": str(epochs),
+                     "test_images_with_duplicate_in_training": int(np.isin(g[test], g[train_val]).sum()),
+                     "seconds": round(time.perf_counter() - t0, 1), **m})
+    return pd.DataFrame(rows).rename(columns={"auc_malignant": "malignant_auc"})

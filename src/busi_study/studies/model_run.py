@@ -23,11 +23,11 @@ from ..evaluation.deployment import decision_settings
 from ..evaluation.evaluate import Evaluation, evaluate, wide_row
 from ..evaluation.metrics import classification_metrics
 from ..info import CLASSES
+from ..models.experiment import CVResult, Experiment
+from ..models.recipes import Recipe
+from ..models.registry import WeightsUnavailable, weights_available
 from ..params import BootstrapParams, ModelParams, SourceProtocolParams
 from ..results import ResultsStore
-from .experiment import CVResult, Experiment
-from .recipes import Recipe
-from .registry import WeightsUnavailable, weights_available
 
 
 @dataclass

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from ..info import CLASSES, PROBA_COLUMNS
+from .info import CLASSES, PROBA_COLUMNS
 
 
 def learning_curves(history: pd.DataFrame, title: str):

@@ -23,12 +23,12 @@ import pandas as pd
 
 from ..data.arrays import load_image_array
 from ..evaluation.metrics import classification_metrics
-from . import builders
-from .augment import AugmentConfig, views_batch
-from .experiment import Experiment
-from .features import frozen_outputs
-from .recipes import Recipe
-from .training import TrainConfig, _compile, balanced_class_weight, predict, train
+from ..models import builders
+from ..models.augment import AugmentConfig, views_batch
+from ..models.experiment import Experiment
+from ..models.features import frozen_outputs
+from ..models.recipes import Recipe
+from ..models.training import TrainConfig, _compile, balanced_class_weight, predict, train
 
 
 def _compare(preprocess, backbone, new_head, images: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray,
@@ -153,7 +153,7 @@ def timing_only(recipe: Recipe, store, splits: pd.DataFrame, epochs: int, n_trai
 def benchmark_frozen_heads(runs: list, store, seed: int, epochs: int, timing_images: int) -> pd.DataFrame | None:
     """Notebook 03's benchmark: cached vs in-loop on the last trained frozen-head run (same fold,
     same batches), and timing-only rows (random weights, ``timing_images`` images) for every run
-    skipped for missing weights. ``runs``: :class:`~busi_study.models.model_run.ModelRun` objects.
+    skipped for missing weights. ``runs``: :class:`~busi_study.studies.model_run.ModelRun` objects.
     None when there is nothing to benchmark."""
     splits = store.read("splits")
     splits = splits[splits["seed"] == seed]

@@ -1,7 +1,7 @@
 """External validation of a run's final models on BrEaST-Lesions_USG (notebook 08, PROTOCOL.md §9).
 
 Every exported final model (``reports/<run>/models/<name>.keras``, trained on all of BUSI) is
-evaluated with :mod:`busi_study.evaluate_folder` — the code behind ``python -m busi_study evaluate`` —
+evaluated with :mod:`busi_study.studies.folder_evaluation` — the code behind ``python -m busi_study evaluate`` —
 on the external images, with its temperature and thresholds fixed beforehand from the BUSI run's
 validation predictions (:func:`~busi_study.evaluation.external.settings_from_validation`). The
 same metrics on the BUSI out-of-fold predictions (each fold's settings from its own validation
@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .data.breast import ExternalData
-from .evaluate_folder import FolderEvaluation, LabelledFolder, evaluate_model
-from .evaluation.bootstrap import bootstrap_mean_ci, resample_weights
-from .evaluation.external import busi_cv_table, paired_auc_difference, settings_from_validation, subgroup_auc, with_drop
-from .results import RECORD, TABLES, ResultsStore
+from ..data.breast import ExternalData
+from ..evaluation.bootstrap import bootstrap_mean_ci, resample_weights
+from ..evaluation.external import busi_cv_table, paired_auc_difference, settings_from_validation, subgroup_auc, with_drop
+from ..results import RECORD, TABLES, ResultsStore
+from .folder_evaluation import FolderEvaluation, LabelledFolder, evaluate_model
 
 #: Metrics of the headline table, in order, with the label a reader sees.
 HEADLINE = {
@@ -90,7 +90,7 @@ def run_external(report_dir: Path, data: ExternalData, n_resamples: int = 2000, 
     """Evaluate every final model of ``report_dir`` on ``data`` (benign vs malignant)."""
     import keras
 
-    from .predict import load_model
+    from ..predict import load_model
 
     models, skipped = final_models(report_dir)
     folder = labelled_folder(data)
@@ -198,11 +198,11 @@ def pointing_game(fm: FinalModel, data: ExternalData, layer: str | None, method:
     import cv2
     import keras
 
-    from .data.images import read_mask, read_rgb
-    from .explain.gradcam import gradcam, upsample
-    from .explain.localisation import baseline_table, localisation_table
-    from .models.lesion_pipeline import crop, paste
-    from .predict import CropPipelineModel, load_model
+    from ..data.images import read_mask, read_rgb
+    from ..explain.gradcam import gradcam, upsample
+    from ..explain.localisation import baseline_table, localisation_table
+    from ..models.crops import crop, paste
+    from ..predict import CropPipelineModel, load_model
 
     model, _ = load_model(fm.path)
     pipeline = model if isinstance(model, CropPipelineModel) else None  # Grad-CAM of the crop, pasted into its box

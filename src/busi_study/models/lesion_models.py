@@ -8,7 +8,7 @@ Candidates (issue 13's list; each trained and scored under the same grouped fold
   (binary cross-entropy against the mask averaged to h × w, weight ``attention_weight``; normal
   images: an empty mask). At test time only the image goes in.
 * ``two_stream`` (b) — the whole image's pooled features and the pooled features of the crop
-  around the lesion that fold's segmenter predicted (:mod:`lesion_pipeline`), concatenated →
+  around the lesion that fold's segmenter predicted (:mod:`busi_study.models.crops`), concatenated →
   dropout → softmax.
 * ``two_stream_hires`` (b + d) — the same with the crop at a higher input resolution.
 * ``attention_ft`` (c, fine-tuned) — the attention head of ``attention`` on the S0 recipe's network,
@@ -269,7 +269,7 @@ def masks_at(store: ProcessedData, size: int, grid: int) -> np.ndarray:
 
 def candidate_cv(recipe: CandidateRecipe, store: ProcessedData, splits: pd.DataFrame, *, seed: int, source=None,
                  margin: float | None = None, progress: bool = True, view_seed: int | None = None):
-    """Grouped CV of one candidate (crops from ``source``, a :class:`lesion_pipeline.CropSource`, for the two-stream ones).
+    """Grouped CV of one candidate (crops from ``source``, a :class:`busi_study.models.crops.CropSource`, for the two-stream ones).
     ``seed`` is the training seed; ``view_seed`` (default ``seed``) fixes attention_ft's augmented views, as
     the split seed fixes the S0 recipe's."""
     if recipe.kind == "attention_ft":

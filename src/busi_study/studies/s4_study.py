@@ -32,10 +32,10 @@ from ..data.store import ProcessedData, sha256_of, write_json
 from ..evaluation.binary import binary_table, paired_lesion_comparison
 from ..evaluation.evaluate import Evaluation, evaluate, wide_row
 from ..info import CLASS_INDEX, SOURCE_STUDIES
+from ..models import tflite
+from ..models.lightweight import BinaryCV, LightweightExperiment, LightweightRecipe
 from ..params import BootstrapParams, TFLiteParams
 from ..results import ResultsStore
-from . import tflite
-from .lightweight import BinaryCV, LightweightExperiment, LightweightRecipe
 
 
 @dataclass
@@ -181,7 +181,7 @@ def export_final_keras(keras_path: Path, images: np.ndarray, seed: int, tfl: TFL
     ``images`` are its training images (all images of the dataset) for full-int8 calibration."""
     import keras
 
-    from . import builders  # noqa: F401  (registers the preprocessing layer)
+    from ..models import builders  # noqa: F401  (registers the preprocessing layer)
 
     keras_path = Path(keras_path)
     model = keras.models.load_model(keras_path, compile=False)
@@ -265,7 +265,7 @@ def best_three_class(results: ResultsStore, metric: str = "benign_vs_malignant_a
 def load_fold_models(results: ResultsStore, name: str) -> list:
     import keras
 
-    from . import builders  # noqa: F401  (registers the preprocessing layer)
+    from ..models import builders  # noqa: F401  (registers the preprocessing layer)
 
     return [keras.models.load_model(f, compile=False) for f in results.load(name).fold_model_paths()]
 

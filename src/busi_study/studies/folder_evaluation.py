@@ -1,4 +1,4 @@
-"""Evaluate exported models on any labelled folder of images (``python -m busi_study evaluate``).
+"""Evaluate exported models on any labelled folder of images (``python -m busi_study evaluate`` and notebook 08).
 
     python -m busi_study evaluate IMAGES_FOLDER --labels TABLE.csv --model reports/latest/models/NAME.keras \\
         [--image-column Image_filename --label-column Classification --group-column CaseID] \\
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import StudyError
-from .evaluation.calibration import apply_temperature, logits_from_proba, reliability_table
-from .evaluation.external import PROBA, TransferSettings, binary_arrays, binary_table, settings_from_validation
-from .info import CLASSES
+from ..errors import StudyError
+from ..evaluation.calibration import apply_temperature, logits_from_proba, reliability_table
+from ..evaluation.external import PROBA, TransferSettings, binary_arrays, binary_table, settings_from_validation
+from ..info import CLASSES
 
 
 @dataclass
@@ -97,7 +97,7 @@ def evaluate_model(model, name: str, folder: LabelledFolder, settings: TransferS
                    positive: str = "malignant", negatives: tuple[str, ...] | None = None, n_resamples: int = 2000,
                    seed: int = 0, batch_size: int = 16) -> FolderEvaluation:
     """Predict every usable row, drop unreadable images (listed), score the binary task with CIs."""
-    from .predict import predict_files
+    from ..predict import predict_files
 
     if positive not in CLASSES:
         raise StudyError(f"--positive must be one of {', '.join(CLASSES)}")
@@ -140,7 +140,7 @@ def write_outputs(ev: FolderEvaluation, out_dir: Path, dpi: int = 150) -> list[P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import plots
+    from .. import plots
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -177,40 +177,3 @@ def settings_for(results_dir: Path | None, positive: str, negatives: tuple[str, 
         raise StudyError(f"no val_predictions.csv in {results_dir} (give reports/<run>/results/<model>)")
     negs = negatives or tuple(c for c in CLASSES if c != positive)
     return settings_from_validation(pd.read_csv(f), positive, negs)
-
-
-def main(args) -> int:
-    """The ``evaluate`` subcommand (arguments parsed in :mod:`busi_study.cli`)."""
-    import sys
-
-    from .predict import load_model
-
-    root = Path(args.folder)
-    if not root.is_dir():
-        raise StudyError(f"image folder not found: {root}")
-    negatives = tuple(args.negative) if args.negative else None
-    settings = settings_for(args.settings_from, args.positive, negatives)
-    if args.threshold or args.temperature is not None:
-        base = settings or TransferSettings(1.0, {}, 0, "given on the command line")
-        thr = dict(base.thresholds)
-        for item in args.threshold or []:
-            k, _, v = item.partition("=")
-            try:
-                thr[k.strip()] = float(v)
-            except ValueError:
-                raise StudyError(f"--threshold {item}: expected NAME=NUMBER") from None
-        settings = TransferSettings(float(args.temperature) if args.temperature is not None else base.temperature, thr,
-                                    base.n_validation, base.rule + "; overridden on the command line")
-    folder = resolve_rows(read_label_table(args.labels), root, args.image_column, args.label_column, args.group_column)
-    model, card = load_model(args.model)
-    name = card.get("model", Path(args.model).stem)
-    ev = evaluate_model(model, name, folder, settings, args.positive, negatives, args.resamples, args.seed)
-    write_outputs(ev, args.out)
-    t = ev.table.set_index("metric")
-    print(f"{name}: {ev.info['n_binary']} images in the task ({ev.info['n_positive']} {args.positive}), "
-          f"{ev.info['n_bad']} bad rows skipped (see {Path(args.out) / 'bad_rows.csv'})", file=sys.stderr)
-    for m in t.index:
-        print(f"  {m}: {t.loc[m, 'value']:.3f} [{t.loc[m, 'ci_low']:.3f}, {t.loc[m, 'ci_high']:.3f}]", file=sys.stderr)
-    print(f"written to {args.out}; NOT FOR CLINICAL USE", file=sys.stderr)
-    return 0
-

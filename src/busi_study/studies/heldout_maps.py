@@ -22,10 +22,10 @@ from ..data.arrays import labels_and_groups, load_image_array
 from ..data.images import mask_paths, merged_mask
 from ..data.store import ProcessedData
 from ..evaluation.bootstrap import bootstrap_mean_ci, resample_weights
+from ..explain.gradcam import gradcam, upsample
+from ..explain.localisation import baseline_table, choose_iou_threshold, localisation_table
 from ..info import CLASS_INDEX
 from ..results import ModelResults
-from .gradcam import gradcam, upsample
-from .localisation import baseline_table, choose_iou_threshold, localisation_table
 
 MEASURES = ("pointing_hit", "energy_inside", "iou")
 
@@ -53,7 +53,7 @@ class ModelInputs:
             if self._whole is None:
                 self._whole = load_image_array(self.store, self.size, progress=False)
             return self._whole
-        from ..models.lesion_pipeline import BOX_COLUMNS, crop, load_originals
+        from ..models.crops import BOX_COLUMNS, crop, load_originals
 
         if self._originals is None:
             self._originals = load_originals(self.store)
@@ -64,7 +64,7 @@ class ModelInputs:
         """Maps on the inputs → maps of the original images' shapes (pasted into the crop box)."""
         if self.boxes is None:
             return upsample(maps, shapes)
-        from ..models.lesion_pipeline import BOX_COLUMNS, paste
+        from ..models.crops import BOX_COLUMNS, paste
 
         return [paste(m, self.boxes.loc[(int(fold), i), list(BOX_COLUMNS)].to_numpy(), shape)
                 for m, i, shape in zip(maps, ids, shapes)]
@@ -182,7 +182,7 @@ def explain_images(trained: ModelResults, store: ProcessedData, splits: pd.DataF
 
 
 def _gaussians(masks):
-    from .localisation import centred_gaussian
+    from ..explain.localisation import centred_gaussian
 
     return [centred_gaussian(m.shape) for m in masks]
 
@@ -211,8 +211,8 @@ def sanity_check_table(model: ModelResults, store: ProcessedData, splits: pd.Dat
     ``n_layers`` weighted layers are re-initialised. One row."""
     import keras
 
+    from ..explain.gradcam import sanity_check
     from ..models import builders  # noqa: F401  (registers the preprocessing layer)
-    from .gradcam import sanity_check
 
     table = labels_and_groups(store)
     label = table.set_index("image_id")["label"]
