@@ -1,4 +1,4 @@
-"""Choose the S0 fine-tuning settings of a profile on validation data only (PROTOCOL.md §3).
+"""Choose the S0 fine-tuning settings of a profile on validation data only (docs/protocol.md §3).
 
     .venv/bin/python scripts/tune_s0.py --profile reference --out reports/reference/tuning_s0.csv \
         --grid s0_unfreeze_blocks=4,8 s0_input_size=224,288

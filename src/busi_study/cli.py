@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import sys
 from pathlib import Path
 
-from .errors import StudyError, from_os_error
-
-# OSError numbers that are the user's situation, never a bug: printed as one line (exit 2)
-_FORESEEABLE_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+from .errors import EXIT_USER_ERROR, WRITE_ERRNOS, StudyError, from_os_error
 
 
 def one_line_errors(fn, *args, **kwargs) -> int:
@@ -23,13 +19,13 @@ def one_line_errors(fn, *args, **kwargs) -> int:
         return fn(*args, **kwargs)
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     except OSError as exc:
-        converted = from_os_error(exc) if exc.errno in _FORESEEABLE_WRITE_ERRNOS else None
+        converted = from_os_error(exc) if exc.errno in WRITE_ERRNOS else None
         if converted is None:
             raise
         print(f"error: {converted}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,7 +57,7 @@ def build_run_all_parser() -> argparse.ArgumentParser:
     src.add_argument("--data", metavar="PATH", help="BUSI folder (Dataset_BUSI_with_GT or its parent) or a .zip of it")
     src.add_argument("--demo", action="store_true", help="run on synthetic phantoms (DEMO DATA, not clinical)")
     p.add_argument("--external", metavar="PATH", help="BrEaST-Lesions_USG folder for the external validation (testing only; "
-                                                      "PROTOCOL.md §9); without it that notebook says so and skips")
+                                                      "docs/protocol.md §9); without it that notebook says so and skips")
     p.add_argument("--profile", default="default", help="parameter profile in params/ (default, smoke, …)")
     p.add_argument("--only", nargs="+", metavar="NB", help="run only these notebooks (numbers or names: 00 01)")
     p.add_argument("--from", dest="start_from", metavar="NB", help="run from this notebook to the end")

@@ -1,7 +1,7 @@
 """Errors a user can act on: each carries a one-line message that says what to do.
 
 The command lines (``run_all.py``, ``python -m busi_study …``) catch :class:`StudyError` and
-print ``error: <message>`` on one line with exit code 2; any other exception is a bug and keeps
+print ``error: <message>`` on one line with exit code 2 (:data:`EXIT_USER_ERROR`); any other exception is a bug and keeps
 its traceback. :func:`from_os_error` turns the operating system's foreseeable write failures
 (no space, read-only file system, no permission, missing folder) into a ``StudyError`` at the
 places where the study writes files.
@@ -11,6 +11,20 @@ from __future__ import annotations
 
 import errno
 from pathlib import Path
+
+#: Exit codes of every command line: 0 done, 1 a notebook or a step failed (its output is kept),
+#: 2 a foreseeable problem reported as one ``error: …`` line.
+EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR = 0, 1, 2
+
+
+def first_line(exc: BaseException | str, limit: int = 160) -> str:
+    """The first non-empty line of an exception's message (or of a text), stripped and cut to
+    ``limit`` characters with "…"; the exception's type name when it has no message."""
+    text = str(exc).strip()
+    line = text.splitlines()[0].strip() if text else ""
+    if not line:
+        line = type(exc).__name__ if isinstance(exc, BaseException) else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 class StudyError(RuntimeError):
@@ -56,6 +70,8 @@ _OS_REASONS = {
 }
 
 FORESEEABLE_ERRNOS = frozenset(_OS_REASONS)
+#: failures to write that are the user's situation, never a bug (no space, read-only, no permission)
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 def from_os_error(exc: OSError, path: Path | str | None = None, action: str = "write") -> StorageError | None:

@@ -6,7 +6,7 @@ set side by side with what the study measures.
 
 from __future__ import annotations
 
-#: Class order everywhere (PROTOCOL.md §1): indices 0, 1, 2.
+#: Class order everywhere (docs/protocol.md §1): indices 0, 1, 2.
 CLASSES: tuple[str, ...] = ("normal", "benign", "malignant")
 CLASS_INDEX: dict[str, int] = {name: i for i, name in enumerate(CLASSES)}
 
@@ -71,7 +71,7 @@ CLAIM_TO_METRIC = {
     "recall": ("recall_malignant", "S2's binary recall; ours: malignant recall, 3 classes"),
 }
 
-#: The external test set (PROTOCOL.md §9): testing only, never training, tuning or thresholds.
+#: The external test set (docs/protocol.md §9): testing only, never training, tuning or thresholds.
 BREAST = {
     "name": "BrEaST-Lesions_USG",
     "citation": (

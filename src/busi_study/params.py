@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from .errors import ParameterError
+from .errors import ParameterError, first_line
 
 
 def load_profile(name_or_path: str, params_dir: Path) -> dict[str, Any]:
@@ -31,7 +31,7 @@ def load_profile(name_or_path: str, params_dir: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ParameterError(f"cannot parse {path}: {str(exc).splitlines()[0]} — fix the YAML syntax") from None
+        raise ParameterError(f"cannot parse {path}: {first_line(exc)} — fix the YAML syntax") from None
     if not isinstance(data, dict):
         raise ParameterError(f"{path} must hold a mapping of parameter: value — write one `key: value` per line")
     parent = data.pop("inherits", None)
@@ -99,7 +99,7 @@ class TrainParams:
 
 @dataclasses.dataclass(frozen=True)
 class DataParams:
-    """Where the images come from and how near-duplicates are linked (PROTOCOL §2)."""
+    """Where the images come from and how near-duplicates are linked (docs/protocol.md §2)."""
 
     PREFIX: ClassVar[str] = ""
     data_source: str
@@ -112,7 +112,7 @@ class DataParams:
 
 @dataclasses.dataclass(frozen=True)
 class SplitParams:
-    """Grouped cross-validation (PROTOCOL §3); its seed is the study's ``seed``."""
+    """Grouped cross-validation (docs/protocol.md §3); its seed is the study's ``seed``."""
 
     PREFIX: ClassVar[str] = ""
     n_splits: int
@@ -144,7 +144,7 @@ class AugmentParams:
 
 @dataclasses.dataclass(frozen=True)
 class BootstrapParams:
-    """Group bootstrap of every CI (PROTOCOL §5)."""
+    """Group bootstrap of every CI (docs/protocol.md §5)."""
 
     PREFIX: ClassVar[str] = "bootstrap_"
     resamples: int
@@ -167,7 +167,7 @@ class ModelParams:
 
 @dataclasses.dataclass(frozen=True)
 class SourceProtocolParams:
-    """The source studies' random image-level split (PROTOCOL §6)."""
+    """The source studies' random image-level split (docs/protocol.md §6)."""
 
     PREFIX: ClassVar[str] = "source_"
     protocol_repeats: int
@@ -297,7 +297,7 @@ class TFLiteParams:
 
 @dataclasses.dataclass(frozen=True)
 class ExternalParams:
-    """External validation (PROTOCOL §9): the BrEaST-Lesions_USG folder (None: not given) and the gallery size."""
+    """External validation (docs/protocol.md §9): the BrEaST-Lesions_USG folder (None: not given) and the gallery size."""
 
     PREFIX: ClassVar[str] = "external_"
     data: str | None

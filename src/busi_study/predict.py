@@ -31,7 +31,7 @@ import pandas as pd
 
 from .data.images import read_rgb
 from .data.manifest import IMAGE_SUFFIXES, MASK_RE
-from .errors import ModelFileError, StudyError, from_os_error
+from .errors import ModelFileError, StudyError, first_line, from_os_error
 from .info import CLASSES, PROBA_COLUMNS
 
 
@@ -59,7 +59,7 @@ def load_model(path: Path):
         try:
             model = TFLiteModel(path)
         except Exception as exc:  # not a flatbuffer, truncated, unsupported ops
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            reason = first_line(exc)
             raise ModelFileError(f"cannot load the TFLite model {path} ({type(exc).__name__}: {reason}) — {hint}") from None
         if model.n_outputs not in (1, len(CLASSES)):
             raise ModelFileError(f"{path} is not a classifier of this study (output {model.n_outputs}) — {hint}")
@@ -73,7 +73,7 @@ def load_model(path: Path):
         try:
             model = keras.models.load_model(path, compile=False)
         except Exception as exc:  # a corrupt or foreign file fails in many ways inside Keras
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            reason = first_line(exc)
             raise ModelFileError(f"cannot load the model {path} ({type(exc).__name__}: {reason}) — the file is corrupt "
                                  f"or not a Keras 3 model; {hint}") from None
         shape_in, shape_out = tuple(model.inputs[0].shape), tuple(model.outputs[0].shape)
@@ -106,7 +106,7 @@ def load_model_file(path: Path):
     try:
         return keras.models.load_model(path, compile=False), None
     except Exception as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        reason = first_line(exc)
         raise ModelFileError(f"cannot load the model {path} ({type(exc).__name__}: {reason})") from None
 
 
@@ -197,7 +197,7 @@ def predict_pipeline(model: CropPipelineModel, files: list[Path], masks_dir: Pat
                 raise FileNotFoundError("no such file")
             rgb = read_rgb(f)
         except Exception as exc:  # bad file: an error row, not a crash
-            row["error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"
+            row["error"] = f"{type(exc).__name__}: {first_line(exc)}"
             continue
         p, mask, box, found = model.predict_image(rgb)
         h, w = rgb.shape[:2]
@@ -236,7 +236,7 @@ def predict_files(model, files: list[Path], batch_size: int = 16, masks_dir: Pat
                 raise FileNotFoundError("no such file")
             img = cv2.resize(read_rgb(f), (size, size), interpolation=cv2.INTER_AREA)
         except Exception as exc:  # bad file: an error row, not a crash
-            row["error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"
+            row["error"] = f"{type(exc).__name__}: {first_line(exc)}"
             continue
         batch.append(img)
         batch_rows.append(row)

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.images import is_high_depth, to_uint8
+from ..errors import first_line
 
 #: Formats the app accepts (PIL's names) and the file suffixes offered in the upload dialog.
 FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP")
@@ -91,5 +92,5 @@ def decode_upload(name: str, data: bytes) -> DecodedImage:
                 rgb = to_uint8(im, "RGB")
             except Exception as exc:
                 raise InputRejected(f"cannot decode the image data ({type(exc).__name__}: "
-                                    f"{(str(exc).splitlines() or [''])[0][:120]}) — the file is probably truncated") from exc
+                                    f"{first_line(exc, 120)}) — the file is probably truncated") from exc
     return DecodedImage(name=name, rgb=rgb, format=im.format, mode=mode, notes=notes)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from ..errors import StudyError
+from ..errors import StudyError, first_line
 from ..info import BUSI, CLASSES
 from . import engine
 from .inputs import SUFFIXES
@@ -233,7 +233,7 @@ def run_app(model: str | None = None, reports: str | None = None) -> None:
     try:
         lm = _cached_model(str(entry.path), entry.path.stat().st_mtime)
     except Exception as exc:  # a broken file: say so, no traceback
-        st.error(f"Cannot load {entry.path}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}")
+        st.error(f"Cannot load {entry.path}: {type(exc).__name__}: {first_line(exc, 200)}")
         return
     st.sidebar.caption(f"Temperature: {_fmt(lm.decision.get('temperature'), 2)} ({lm.decision['source'].split(':')[0]}); "
                        f"model loaded in {lm.load_seconds:.1f} s (cached).")

@@ -13,7 +13,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DataSourceError, from_os_error
+from ..errors import DataSourceError, first_line, from_os_error
 from ..info import BUSI, CLASSES
 
 OFFLINE_HINT = (
@@ -115,7 +115,7 @@ def unpack_zip(zip_path: Path, raw_dir: Path) -> Path:
             os.replace(tmp, dest)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
         _remove_partial(raw_dir)
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        reason = first_line(exc)
         raise DataSourceError(f"not a readable zip file: {zip_path} is damaged ({reason}) — download it again, or unpack it "
                               f"yourself and pass the folder with --data") from None
     except OSError as exc:
@@ -142,7 +142,7 @@ def download_from_kaggle(handle: str = BUSI["kaggle_handle"]) -> Path:
 
         return Path(kagglehub.dataset_download(handle))
     except Exception as exc:  # network, credentials, missing package: all say the same thing
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise DataSourceError(
             f"could not download BUSI from Kaggle ({type(exc).__name__}: {reason}) — {OFFLINE_HINT}"
         ) from None

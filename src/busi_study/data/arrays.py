@@ -4,7 +4,7 @@
 uint8 RGB images of shape (n, size, size, 3) in manifest order. Resizing is a plain resize to
 a square (as the source studies do); ``preprocessing`` names one of S1's enhancement steps
 (:mod:`busi_study.data.enhance`), applied at the original resolution before the resize.
-``cache/arrays/masks_<size>_<manifest-hash>.npy`` holds the OR-merged lesion masks (PROTOCOL §1;
+``cache/arrays/masks_<size>_<manifest-hash>.npy`` holds the OR-merged lesion masks (docs/protocol.md §1;
 empty for normal images) resized the same way, as uint8 0/1 (n, size, size): training targets and
 evaluation references only, never a model input.
 """

@@ -1,4 +1,4 @@
-"""S4's data protocol, and what it leaks (PROTOCOL.md §6).
+"""S4's data protocol, and what it leaks (docs/protocol.md §6).
 
 S4 trained and tested on a Kaggle set of 9,015 *augmented* BUSI images, split at random
 70 / 15 / 15 after augmentation. Every augmented copy of a scan is a separate item of that set,
@@ -7,7 +7,7 @@ builds such a pool from the study's cached views (view 0 = the original image, v
 augmented copies), splits it the way S4 did, and counts the test items that have
 
 * an augmented copy of the *same* image in training (``copy_in_training``), or
-* a near-duplicate — another image of the same duplicate group (PROTOCOL.md §2) — or a copy of
+* a near-duplicate — another image of the same duplicate group (docs/protocol.md §2) — or a copy of
   it in training (``near_duplicate_in_training``).
 
 Nothing here trains a model; :mod:`busi_study.models.lightweight` does, on the same split.

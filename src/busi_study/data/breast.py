@@ -1,4 +1,4 @@
-"""BrEaST-Lesions_USG, the external test set (PROTOCOL.md §9): locate, scan, check, tabulate.
+"""BrEaST-Lesions_USG, the external test set (docs/protocol.md §9): locate, scan, check, tabulate.
 
 The TCIA release is one flat folder (``caseNNN.png`` images, ``caseNNN_tumor.png`` lesion masks,
 ``caseNNN_otherK.png`` masks of other findings) plus a clinical table (xlsx; a CSV copy of its

@@ -1,4 +1,4 @@
-"""Near-duplicate detection and grouping (PROTOCOL.md §2).
+"""Near-duplicate detection and grouping (docs/protocol.md §2).
 
 Each image is reduced to greyscale with uniform borders trimmed, then hashed with pHash and
 dHash (64 bits each). Two images are *linked* when either Hamming distance is at or below its

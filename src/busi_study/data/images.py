@@ -87,7 +87,7 @@ def read_mask(path: Path) -> np.ndarray:
 
 
 def merged_mask(paths: Iterable[Path], shape: tuple[int, int]) -> np.ndarray:
-    """Pixelwise OR of all masks of one image (PROTOCOL.md §1); empty if there are none.
+    """Pixelwise OR of all masks of one image (docs/protocol.md §1); empty if there are none.
 
     ``shape`` is the image's (H, W); masks of another size are skipped (validation lists them).
     """

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from ..errors import first_line
 from ..info import BUSI, CLASS_INDEX, CLASSES
 from .images import file_sha256, is_high_depth, pixel_sha256, scale_to_uint8, to_uint8
 
@@ -80,7 +81,7 @@ def _inspect(path: Path) -> dict:
                 _, (lo, hi) = scale_to_uint8(np.asarray(im))
                 info["note"] = f"{im.mode} image scaled from its range {lo:g}–{hi:g} to 8 bit (not clipped)"
     except Exception as exc:  # PIL raises several types for bad files
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        text = first_line(exc, 120)
         kind = "truncated image" if "truncated" in text.lower() else "not a readable image"
         info["problem"] = f"{kind} ({text[:120]})"
         return info

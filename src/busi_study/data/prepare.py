@@ -49,7 +49,7 @@ def prepare_data(data: DataParams, splits_params: SplitParams, seed: int, data_d
     """Run the data path and write every file; return the tables and the summary.
 
     data.data_source: ``kaggle``, ``demo``, or a folder / ``.zip`` path; data's hash thresholds link
-    near-duplicates (PROTOCOL §2); splits_params and seed: the grouped CV (PROTOCOL §3). data_dir: the
+    near-duplicates (docs/protocol.md §2); splits_params and seed: the grouped CV (docs/protocol.md §3). data_dir: the
     project's ``data/`` folder (raw files are linked or unpacked under ``data/raw``, results go to
     ``data/processed/<busi|demo>/<manifest-sha12>-<params-sha8>/``, see ``store``).
     """

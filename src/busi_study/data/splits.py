@@ -1,4 +1,4 @@
-"""Grouped, stratified cross-validation splits (PROTOCOL.md §3).
+"""Grouped, stratified cross-validation splits (docs/protocol.md §3).
 
 Outer loop: ``StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed)`` on (label,
 group_id); each image is tested exactly once per repeat. Inner validation: about

@@ -101,6 +101,19 @@ class ProcessedData:
     def read_summary(self) -> dict:
         return json.loads(self.summary.read_text())
 
+    def splits_of(self, seed: int) -> pd.DataFrame:
+        """The rows of ``splits.csv`` of one split seed (train / val / test role of every image per
+        outer fold); a seed the file does not hold is a one-line error naming the seeds it has."""
+        splits = self.read("splits")
+        out = splits[splits["seed"] == int(seed)].reset_index(drop=True)
+        if out.empty:
+            from ..errors import ParameterError
+
+            have = ", ".join(str(s) for s in sorted(splits["seed"].unique()))
+            raise ParameterError(f"no splits for seed {seed} in {self.splits} (it holds seed(s) {have}) — "
+                                 f"rerun 00_download with --seed {seed}")
+        return out
+
 
 def sha256_of(path: Path) -> str:
     """SHA-256 of a file's bytes (the manifest hash recorded with every result)."""

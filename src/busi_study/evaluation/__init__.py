@@ -1,4 +1,4 @@
-"""Evaluation (PROTOCOL.md §4–5): metrics, calibration and group-bootstrap uncertainty.
+"""Evaluation (docs/protocol.md §4–5): metrics, calibration and group-bootstrap uncertainty.
 
 - :mod:`.metrics`: pooled classification metrics, confusion matrices, collapse flags,
   malignant operating points and per-fold summaries;

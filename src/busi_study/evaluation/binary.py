@@ -1,4 +1,4 @@
-"""Benign vs malignant under the protocol (PROTOCOL.md §4–5), for binary and three-class models.
+"""Benign vs malignant under the protocol (docs/protocol.md §4–5), for binary and three-class models.
 
 A binary model's predictions are stored in the study's three-class table with ``p_normal = 0``
 (:func:`busi_study.models.lightweight.as_three_class`), so :func:`.evaluate.evaluate` gives every

@@ -1,4 +1,4 @@
-"""Group bootstrap confidence intervals and paired model comparisons (PROTOCOL.md §5).
+"""Group bootstrap confidence intervals and paired model comparisons (docs/protocol.md §5).
 
 Near-duplicate images share a group id, and they are not independent: the bootstrap therefore
 resamples *groups* with replacement (as many draws as there are groups) and takes every image

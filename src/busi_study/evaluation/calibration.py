@@ -1,6 +1,6 @@
 """Calibration: expected calibration error, reliability tables and temperature scaling.
 
-PROTOCOL.md §4 asks for the expected calibration error (ECE) with 15 equal-width bins on the
+docs/protocol.md §4 asks for the expected calibration error (ECE) with 15 equal-width bins on the
 top-label confidence. This module computes it (also in a batched, weighted form that the group
 bootstrap uses), builds the per-bin table behind a reliability diagram, and fits a single
 temperature on validation logits (Guo et al., 2017) so over-confident models can be rescaled.

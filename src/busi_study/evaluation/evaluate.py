@@ -1,4 +1,4 @@
-"""Evaluate one model's out-of-fold predictions under the protocol (PROTOCOL.md §4–5).
+"""Evaluate one model's out-of-fold predictions under the protocol (docs/protocol.md §4–5).
 
 Takes the prediction tables the experiments write (``image_id, fold, label, group_id,
 p_normal, p_benign, p_malignant``) and returns every number the study reports, each with its

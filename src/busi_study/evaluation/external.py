@@ -1,4 +1,4 @@
-"""External validation metrics (PROTOCOL.md §9): a binary task scored with settings fixed beforehand.
+"""External validation metrics (docs/protocol.md §9): a binary task scored with settings fixed beforehand.
 
 The external set is used for testing only. Everything a decision needs — the operating
 thresholds and the temperature — comes from the *training* data's validation predictions

@@ -1,4 +1,4 @@
-"""Classification metrics of PROTOCOL.md §4, computed fast enough to bootstrap.
+"""Classification metrics of docs/protocol.md §4, computed fast enough to bootstrap.
 
 Every metric is computed from per-image quantities combined with image *weights*: the plain
 metric uses weight 1 for every image, and a bootstrap resample uses the number of times each
@@ -24,7 +24,7 @@ from .calibration import ece_batch
 K = len(CLASSES)
 MALIGNANT = CLASSES.index("malignant")
 BENIGN = CLASSES.index("benign")
-#: Number of equal-width bins for the ECE (PROTOCOL.md §4).
+#: Number of equal-width bins for the ECE (docs/protocol.md §4).
 ECE_BINS = 15
 
 
@@ -172,7 +172,7 @@ def classification_metrics_batch(y_true: np.ndarray, proba: np.ndarray, weights:
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    """Pooled classification metrics of PROTOCOL.md §4.
+    """Pooled classification metrics of docs/protocol.md §4.
 
     Args:
         y_true: class indices (normal=0, benign=1, malignant=2), shape (n,).
@@ -224,7 +224,7 @@ def confusion_matrices(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[pd.DataF
 
 
 def collapse_flags(y_true: np.ndarray, proba: np.ndarray, max_share: float = 0.9) -> list[str]:
-    """Flags for a collapsed model (PROTOCOL.md §4 collapse check).
+    """Flags for a collapsed model (docs/protocol.md §4 collapse check).
 
     Args:
         y_true: class indices, shape (n,).

@@ -1,4 +1,4 @@
-"""Explanations (PROTOCOL section 7): Grad-CAM / Grad-CAM++ maps, the randomisation sanity
+"""Explanations (docs/protocol.md §7): Grad-CAM / Grad-CAM++ maps, the randomisation sanity
 check, and localisation measures against lesion masks with a centred-Gaussian baseline.
 
 Importing this package does not import TensorFlow: ``gradcam`` imports Keras/TensorFlow inside

@@ -1,4 +1,4 @@
-"""Localisation measures of explanation maps against lesion masks (PROTOCOL section 7).
+"""Localisation measures of explanation maps against lesion masks (docs/protocol.md §7).
 
 All functions take maps already upsampled to the image size (``cam`` (H, W), non-negative, any
 scale) and boolean lesion masks (H, W) (the OR-merge of an image's masks). Pure numpy / scipy:

@@ -4,7 +4,7 @@ A box is relative, (y0, y1, x0, x1) in [0, 1]: the bounding box of the largest p
 widened by a margin on each side, or the whole image when nothing is found. :class:`CropSource`
 holds each outer fold's segmenter maps, so that fold ``k``'s classifier trains and tests on the
 crops that fold ``k``'s segmenter (trained on that fold's training part only) predicts; the crops
-are a function of the image alone, never of a test image's mask (protocol §1, docs/protocol.md).
+are a function of the image alone, never of a test image's mask (docs/protocol.md §1).
 ``crop_cv`` runs a recipe's grouped CV on those per-fold crops.
 """
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import StudyError
+from ..errors import StudyError, first_line
 
 
 class WeightsUnavailable(StudyError):
@@ -143,9 +143,14 @@ def keras_cache_dir() -> Path:
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
 
 
+def is_random_init(weights: str | None) -> bool:
+    """``weights`` asks for no pretrained weights (YAML ``none``/``null``, or None)."""
+    return weights is None or str(weights).lower() == "none"
+
+
 def describe_weights(weights: str | None) -> str:
     """What to write in tables and titles: ``imagenet``, ``random init`` or the path."""
-    if weights in (None, "none", "None"):
+    if is_random_init(weights):
         return "random init"
     return str(weights)
 
@@ -162,7 +167,7 @@ def build_backbone(name: str, input_size: int, weights: str | None = "imagenet",
     kw = {**spec.defaults, **kwargs}
     ctor = getattr(keras.applications, spec.constructor)
     shape = (input_size, input_size, 3)
-    w = None if weights in (None, "none", "None") else weights
+    w = None if is_random_init(weights) else weights
     path_weights = None
     if w not in (None, "imagenet"):
         path_weights, w = Path(w), None
@@ -183,15 +188,15 @@ def build_backbone(name: str, input_size: int, weights: str | None = "imagenet",
 
 def _short_reason(exc: Exception) -> str:
     """One readable line: 'download failed: <network error>' for Keras's URL fetch failures."""
-    line = (str(exc).splitlines() or [""])[0].strip() or type(exc).__name__
+    line = first_line(exc, 10_000)
     if "URL fetch failure" in line:
         line = "download failed: " + (line.split(" -- ", 1)[1] if " -- " in line else line)
-    return line if len(line) <= 160 else line[:159] + "…"
+    return first_line(line)
 
 
 def weights_available(name: str, weights: str | None = "imagenet", input_size: int = 224, **kwargs: Any) -> tuple[bool, str]:
     """(available, message) without building anything heavy when the cache already has the file."""
-    if weights in (None, "none", "None"):
+    if is_random_init(weights):
         return True, "random init (explicitly asked for)"
     if weights != "imagenet":
         return Path(weights).exists(), str(weights)

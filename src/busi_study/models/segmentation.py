@@ -6,7 +6,7 @@ ResNet101 where its weights load) run *once* per image and view: its outputs at 
 fold and epoch. A light decoder (upsample ×2, concatenate the skip, 3 × 3 convolution, BatchNorm,
 ReLU; three times) predicts the lesion probability at a quarter of the input size; the exported
 segmenter upsamples it to the input size. Masks are training targets and references only
-(PROTOCOL §1): the OR-merged BUSI masks, empty for normal images. Views: 0 = the image, 1 = its
+(docs/protocol.md §1): the OR-merged BUSI masks, empty for normal images. Views: 0 = the image, 1 = its
 horizontal mirror (mask mirrored too), so augmentation never misaligns image and mask.
 
 Training: binary cross-entropy + soft Dice, Adam, the study's own seeded batch order, early

@@ -32,7 +32,7 @@ def save_figure(fig, name: str, report_dir: Path | str, dpi: int = 300) -> list[
 
 
 def round_table(df: pd.DataFrame, decimals: int = 3) -> pd.DataFrame:
-    """Round float columns to ``decimals`` (PROTOCOL.md §8)."""
+    """Round float columns to ``decimals`` (docs/protocol.md §8)."""
     out = df.copy()
     for c in out.columns:
         if pd.api.types.is_float_dtype(out[c]):

@@ -71,7 +71,7 @@ def _data_section(data: dict | None) -> str:
         parts.append("<p>Reference check: not applicable (synthetic demo phantoms, not BUSI).</p>")
     d = data["duplicates"]
     parts.append(
-        f"<p>Near-duplicate groups (PROTOCOL.md §2; link when pHash distance ≤ {d['phash_threshold']} or dHash "
+        f"<p>Near-duplicate groups (docs/protocol.md §2; link when pHash distance ≤ {d['phash_threshold']} or dHash "
         f"distance ≤ {d['dhash_threshold']}{'' if d.get('ssim_min') is None else ', SSIM ≥ ' + str(d['ssim_min'])}): "
         f"<b>{d['n_groups']} groups</b> for {data['n_images']} images; {d['n_multi_image_groups']} groups hold more than "
         f"one image ({d['images_in_multi_image_groups']} images); <b>{d['n_label_conflict_groups']} label-conflict "
@@ -222,7 +222,7 @@ def _external_section(run_dir: Path) -> str:
     parts = [f"<p>Final models (trained on all of BUSI) tested on <b>{_e(d.get('dataset', 'BrEaST-Lesions_USG'))}</b> "
              f"({_e(d.get('n_images'))} images from {_e(d.get('n_patients'))} patients, another centre and scanner mix; "
              f"reference check: {_e(ref.get('pixel_identical_images'))} images / {_e(ref.get('pixel_identical_masks'))} masks "
-             f"identical to the release). Testing only (PROTOCOL.md §9): benign vs malignant on "
+             f"identical to the release). Testing only (docs/protocol.md §9): benign vs malignant on "
              f"{_e(summary.get('n_lesions'))} lesion images ({_e(summary.get('n_malignant'))} malignant), score p_malignant; "
              "thresholds and temperature fixed on BUSI validation predictions. 95 % bootstrap CIs over patients; "
              "the BUSI CV value and the drop (BUSI − BrEaST) below each.</p>",
@@ -313,7 +313,7 @@ def write_index(run_dir: Path, meta: dict) -> Path:
 <body>{banner}
 <h1>Deep learning for breast-ultrasound classification (BUSI): study report</h1>
 <p>Run <code>{_e(meta['run_id'])}</code> — {state} — profile <b>{_e(meta['profile'])}</b> —
-commit <code>{_e(meta['git']['commit'][:12])}</code>. Protocol: <code>PROTOCOL.md</code> (grouped 5-fold CV,
+commit <code>{_e(meta['git']['commit'][:12])}</code>. Protocol: <code>docs/protocol.md</code> (grouped 5-fold CV,
 group-bootstrap CIs).</p>
 {warn_html}
 <h2 id="data">Data</h2>

@@ -32,7 +32,7 @@ from typing import Any
 
 from .. import provenance
 from ..data.store import write_json, write_text
-from ..errors import ParameterError, ProvenanceError, StudyError, from_os_error
+from ..errors import EXIT_FAILED, ParameterError, ProvenanceError, StudyError, first_line, from_os_error
 from ..info import DEMO_BANNER
 from ..models.determinism import export_environment
 
@@ -120,8 +120,7 @@ def _short_error(exc: BaseException) -> str:
     """One line from a papermill error: the exception name and message of the failing cell."""
     ename = getattr(exc, "ename", type(exc).__name__)
     evalue = getattr(exc, "evalue", str(exc))
-    line = (str(evalue).strip().splitlines() or [""])[0]
-    return f"{ename}: {line}"[:400]
+    return f"{ename}: {first_line(str(evalue), 400)}"[:400]
 
 
 def render_html(executed: Path, html_path: Path, demo: bool) -> None:
@@ -483,7 +482,7 @@ def run_study(cfg: RunConfig) -> int:
                 error = "interrupted (KeyboardInterrupt): the notebook did not finish"
                 interrupted = True
             except Exception as exc:  # kernel died, dependency missing, …
-                error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+                error = f"{type(exc).__name__}: {first_line(exc, 300)}"
             wall = round(time.perf_counter() - t0, 1)
             if executed.exists() and not interrupted:
                 try:
@@ -533,7 +532,7 @@ def run_study(cfg: RunConfig) -> int:
         print(f"FAILED: {nb.stem}: {error}\n  partial output: {executed}{keep}", file=sys.stderr, flush=True)
         for line in _data_lines(run_dir):
             print(line, file=sys.stderr, flush=True)
-        return 1
+        return EXIT_FAILED
     # complete: the marker is the last file written, atomically; only then does latest move
     (run_dir / "RUNNING").unlink(missing_ok=True)
     write_json({"run_id": run_id, "finished_utc": meta["finished_utc"], "data_hashes": hashes}, run_dir / COMPLETE)

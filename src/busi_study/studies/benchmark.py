@@ -155,8 +155,7 @@ def benchmark_frozen_heads(runs: list, store, seed: int, epochs: int, timing_ima
     same batches), and timing-only rows (random weights, ``timing_images`` images) for every run
     skipped for missing weights. ``runs``: :class:`~busi_study.studies.model_run.ModelRun` objects.
     None when there is nothing to benchmark."""
-    splits = store.read("splits")
-    splits = splits[splits["seed"] == seed]
+    splits = store.splits_of(seed)
     benches = []
     trained = [r for r in runs if not r.skipped and r.recipe.kind == "frozen_head"]
     if trained:

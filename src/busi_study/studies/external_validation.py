@@ -1,4 +1,4 @@
-"""External validation of a run's final models on BrEaST-Lesions_USG (notebook 08, PROTOCOL.md §9).
+"""External validation of a run's final models on BrEaST-Lesions_USG (notebook 08, docs/protocol.md §9).
 
 Every exported final model (``reports/<run>/models/<name>.keras``, trained on all of BUSI) is
 evaluated with :mod:`busi_study.studies.folder_evaluation` — the code behind ``python -m busi_study evaluate`` —

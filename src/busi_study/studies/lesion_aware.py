@@ -4,7 +4,7 @@ fusion with the S0 recipe, and the chosen model against S0 over several training
 Every candidate (:mod:`busi_study.models.lesion_models`) runs the same grouped folds; the one with
 the lowest pooled inner-validation log loss is evaluated on its out-of-fold test predictions and
 written like every model of the study (fold models, final model and card). A "better than S0" claim
-needs the paired group-bootstrap CI to exclude 0 for every training seed (protocol §5).
+needs the paired group-bootstrap CI to exclude 0 for every training seed (docs/protocol.md §5).
 """
 
 from __future__ import annotations
@@ -75,8 +75,7 @@ def run_candidates(s1: S1Params, s0: S0Params, models: ModelParams, augment, cro
     """Grouped CV of every candidate; the one with the lowest pooled inner-validation log loss is
     evaluated on the out-of-fold test predictions, written like every model and (attention) exported."""
 
-    splits = store.read("splits")
-    splits = splits[splits["seed"] == seed]
+    splits = store.splits_of(seed)
     recipes = candidate_recipes(s1, s0, models, augment)
     if not recipes:
         return CandidateSearch(pd.DataFrame(), None, skipped="no candidates (s1_candidates: [])")
@@ -204,8 +203,7 @@ def seed_comparison(search: CandidateSearch, s1: S1Params, s0: S0Params, models:
 
     if search.chosen is None or not s1.seeds:
         return pd.DataFrame(), pd.DataFrame()
-    splits = store.read("splits")
-    splits = splits[splits["seed"] == split_seed]
+    splits = store.splits_of(split_seed)
     s0_ex = Experiment(s0_recipe(s0, models, augment), store, seed=split_seed, progress=False).prepare()
     rows = []
     for s in s1.seeds:

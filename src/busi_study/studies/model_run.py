@@ -76,8 +76,7 @@ def run_model(recipe: Recipe, store: ProcessedData, results: ResultsStore, *, se
     t0 = time.perf_counter()
     ex = Experiment(recipe, store, seed=seed, progress=progress).prepare()
     t_prep = time.perf_counter() - t0
-    splits = store.read("splits")
-    splits = splits[splits["seed"] == seed]
+    splits = store.splits_of(seed)
     t0 = time.perf_counter()
     cv = ex.cross_validate(splits, tta=models.tta)
     t_cv = time.perf_counter() - t0

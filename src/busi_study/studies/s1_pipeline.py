@@ -9,7 +9,7 @@ The segmenter's own measures are written to ``results_segmentation/<name>/``.
 For outer fold ``k`` the crops come from fold ``k``'s segmenter (:class:`models.crops.CropSource`);
 the crop margin is chosen on the inner validation parts only (pooled validation log loss of a cheap
 frozen-feature head on one view), never on the outer test folds. ``s1_protocol`` reruns S1's own
-random image-level split (protocol §6).
+random image-level split (docs/protocol.md §6).
 """
 
 from __future__ import annotations
@@ -150,8 +150,7 @@ def run_segmenter(recipe: SegmenterRecipe, store: ProcessedData, results: Result
         return SegRun(recipe, skipped=why)
     t0 = time.perf_counter()
     ex = SegmentationExperiment(recipe, store, seed=seed, progress=progress).prepare()
-    splits = store.read("splits")
-    splits = splits[splits["seed"] == seed]
+    splits = store.splits_of(seed)
     cv = ex.cross_validate(splits)
     t_cv = time.perf_counter() - t0
     full = upsample(cv.oof, recipe.input_size)
@@ -187,8 +186,7 @@ def run_crop_classifier(s1: S1Params, s0: S0Params, models: ModelParams, augment
     without weights): margin chosen on inner validation, grouped CV on each fold's crops,
     evaluated, exported with the segmenter."""
     out = []
-    splits = store.read("splits")
-    splits = splits[splits["seed"] == seed]
+    splits = store.splits_of(seed)
     for backbone in s1.classifier_backbones:
         recipe = crop_recipe(s1, s0, models, augment, backbone)
         ok, why = check_weights(recipe)
