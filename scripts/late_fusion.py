@@ -1,4 +1,4 @@
-"""Late fusion of the S0 recipe with another model of a complete run (issue 13, candidate (e)).
+"""Late fusion of the S0 recipe with another model of a complete run (saved predictions, no training).
 
     .venv/bin/python scripts/late_fusion.py reports/latest \
         --other s1_crop-mobilenet_v2-a0.35-b12 lesion_aware-attention-mobilenet_v2-a0.35 --out fusion.csv

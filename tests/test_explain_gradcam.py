@@ -284,7 +284,7 @@ def test_study_builders():
     # the study's assembled classifier: preprocessing layer, nested backbone, head layers shared
     # with a separate head model (so they have two call sites)
     pre, bb = backbone_with_preprocessing("mobilenet_v2", 32, None, alpha=0.35)
-    model = assemble(pre, bb, gap_head(tuple(bb.output.shape[1:])), 32, "clf")
+    model = assemble(pre, bb, gap_head(tuple(bb.output.shape[1:]), dropout=0.2), 32, "clf")
     assert last_conv_layer_name(model) == "out_relu"
     cams = gradcam(model, imgs, [1, 2], method="gradcam++")
     assert cams.shape == (2, 1, 1)

@@ -25,12 +25,13 @@ from busi_study.models import registry  # noqa: E402
 from busi_study.models import segmentation as sg  # noqa: E402
 from busi_study.models.experiment import Experiment, run_folds  # noqa: E402
 from busi_study.models.recipes import Recipe  # noqa: E402
-from busi_study.models.training import TrainConfig  # noqa: E402
 from busi_study.params import StudyParams  # noqa: E402
 from busi_study.predict import CropPipelineModel, load_model, predict_files  # noqa: E402
 from busi_study.results import ModelResults  # noqa: E402
 from busi_study.studies import s1_pipeline  # noqa: E402
 from busi_study.studies.heldout_maps import ModelInputs  # noqa: E402
+
+from .recipe_helpers import aug_cfg, train_cfg  # noqa: E402
 
 DEFAULT = StudyParams.from_profile("default", REPO / "params", {"data_source": "demo"})
 
@@ -46,8 +47,8 @@ def weights() -> str:
 
 def seg_recipe(**kw) -> sg.SegmenterRecipe:
     base = dict(name="t-seg", backbone="mobilenet_v2", input_size=64, backbone_kwargs={"alpha": 0.35}, weights=weights(),
-                train=TrainConfig(epochs=3, batch_size=8, learning_rate=1e-3, patience=2, class_weight=False),
-                decoder_channels=8, n_views=2, min_area=0.0)
+                train=train_cfg(epochs=3, batch_size=8, learning_rate=1e-3, patience=2, class_weight=False),
+                decoder_channels=8, n_views=2, threshold=0.5, min_area=0.0, preprocessing="none")
     base.update(kw)
     return sg.SegmenterRecipe(**base)
 
@@ -170,7 +171,7 @@ def test_segmenter_learns_the_phantom_lesions(demo_store):
     """On the demo phantoms (bright blobs) a few epochs must beat an empty prediction clearly."""
     if weights() != "imagenet":
         pytest.skip("needs the cached ImageNet encoder")
-    r = seg_recipe(train=TrainConfig(epochs=15, batch_size=8, learning_rate=3e-3, patience=15, class_weight=False))
+    r = seg_recipe(train=train_cfg(epochs=15, batch_size=8, learning_rate=3e-3, patience=15, class_weight=False))
     ex = sg.SegmentationExperiment(r, demo_store, seed=42, progress=False).prepare()
     idx = np.arange(len(ex.table))
     dec, hist, _, _ = ex.fit(idx[::2], idx[1::2], 1)
@@ -198,7 +199,8 @@ def test_crop_cv_uses_each_folds_own_crops(seg_cv, demo_store):
     boxes = source.box_table(0.25)
     assert len(boxes) == 5 * len(ex.table) and set(boxes["fold"]) == set(range(5))
     recipe = Recipe(name="t-crop", kind="frozen_head", input_size=32, backbone="mobilenet_v2", backbone_kwargs={"alpha": 0.35},
-                    weights="none", head="gap", n_views=1, train=TrainConfig(epochs=1, batch_size=16, patience=1))
+                    weights="none", head="gap", head_dropout=0.2, n_views=1, train=train_cfg(epochs=1, batch_size=16, patience=1),
+                    augment=aug_cfg(), preprocessing="none")
     seen = []
     orig = lp.Experiment
 
@@ -223,11 +225,12 @@ def test_crop_cv_uses_each_folds_own_crops(seg_cv, demo_store):
 
 def test_run_folds_with_one_experiment_equals_cross_validate(demo_store):
     recipe = Recipe(name="t", kind="frozen_head", input_size=32, backbone="mobilenet_v2", backbone_kwargs={"alpha": 0.35},
-                    weights="none", head="gap", n_views=1, train=TrainConfig(epochs=1, batch_size=16, patience=1))
+                    weights="none", head="gap", head_dropout=0.2, n_views=1, train=train_cfg(epochs=1, batch_size=16, patience=1),
+                    augment=aug_cfg(), preprocessing="none")
     splits = demo_store.read("splits").query("seed == 42")
     ex = Experiment(recipe, demo_store, seed=42, progress=False).prepare()
     a = ex.cross_validate(splits, tta=False)
-    b = run_folds(lambda fold: ex, splits, tta=False)
+    b = run_folds(lambda fold: ex, splits, None, tta=False)
     np.testing.assert_allclose(a.oof["p_benign"], b.oof["p_benign"], atol=1e-6)
 
 
@@ -238,7 +241,8 @@ def _pipeline_files(tmp_path, seg_cv, demo_store):
     models.mkdir()
     ex.full_segmenter(cv.decoders[0]).save(models / "p.segmenter.keras")
     recipe = Recipe(name="p", kind="frozen_head", input_size=32, backbone="mobilenet_v2", backbone_kwargs={"alpha": 0.35},
-                    weights="none", head="gap", n_views=1, train=TrainConfig(epochs=1, batch_size=16, patience=1))
+                    weights="none", head="gap", head_dropout=0.2, n_views=1, train=train_cfg(epochs=1, batch_size=16, patience=1),
+                    augment=aug_cfg(), preprocessing="none")
     cex = Experiment(recipe, demo_store, seed=1, progress=False).prepare()
     fm = cex.fit(np.arange(10), None, 1, epochs=[1])
     cex.full_model(fm).save(models / "p.keras")
@@ -289,7 +293,8 @@ def cand(kind, **kw):
     from busi_study.models.lesion_models import CandidateRecipe
 
     base = dict(name=f"t-{kind}", kind=kind, backbone="mobilenet_v2", input_size=64, crop_size=64,
-                train=TrainConfig(epochs=3, batch_size=16, patience=2), backbone_kwargs={"alpha": 0.35}, weights=weights())
+                train=train_cfg(epochs=3, batch_size=16, patience=2), backbone_kwargs={"alpha": 0.35}, weights=weights(),
+                dropout=0.2, attention_weight=1.0, preprocessing="none")
     base.update(kw)
     return CandidateRecipe(**base)
 
@@ -297,12 +302,12 @@ def cand(kind, **kw):
 def test_attention_candidate_learns_its_map_from_the_masks(demo_store):
     from busi_study.models.lesion_models import CandidateExperiment, frozen_top, masks_at
 
-    whole, _, _ = frozen_top(demo_store, "mobilenet_v2", {"alpha": 0.35}, weights(), 256)  # an 8 x 8 feature grid
+    whole, _, _ = frozen_top(demo_store, "mobilenet_v2", {"alpha": 0.35}, weights(), 256, seed=42)  # an 8 x 8 feature grid
     masks = masks_at(demo_store, 256, whole.shape[1])
     table = arrays.labels_and_groups(demo_store)
     idx = np.arange(len(table))
     strong = CandidateExperiment(cand("attention", input_size=256, attention_weight=5.0,
-                                      train=TrainConfig(epochs=30, batch_size=8, patience=None, learning_rate=1e-2)),
+                                      train=train_cfg(epochs=30, batch_size=8, patience=None, learning_rate=1e-2)),
                                  table, whole, masks, None, progress=False)
     fm = strong.fit(idx, None, 1, epochs=[30])
     att = np.asarray(fm.model.predict(whole, verbose=0)[1])
@@ -343,7 +348,7 @@ def test_exported_attention_model_predicts_and_explains(demo_store, tmp_path):
     from busi_study.models.lesion_models import CandidateExperiment, export_classifier, frozen_top, masks_at
 
     r = cand("attention")
-    whole, pre, bb = frozen_top(demo_store, "mobilenet_v2", {"alpha": 0.35}, weights(), 64)
+    whole, pre, bb = frozen_top(demo_store, "mobilenet_v2", {"alpha": 0.35}, weights(), 64, seed=42)
     ex = CandidateExperiment(r, arrays.labels_and_groups(demo_store), whole, masks_at(demo_store, 64, whole.shape[1]), None,
                              progress=False)
     fm = ex.fit(np.arange(20), None, 1, epochs=[1])
@@ -361,9 +366,9 @@ def test_two_stream_pipeline_exports_and_predicts(tmp_path, seg_cv, demo_store):
 
     ex, cv = seg_cv
     r = cand("two_stream", crop_size=64)
-    whole, pre, bb = frozen_top(demo_store, "mobilenet_v2", {"alpha": 0.35}, weights(), 64)
+    whole, pre, bb = frozen_top(demo_store, "mobilenet_v2", {"alpha": 0.35}, weights(), 64, seed=42)
     crops = lp.CropSource(ex, cv, arrays.load_originals(demo_store), list(range(5))).images(0, 0.25, 64)
-    cfeat, pre_c, bb_c = frozen_top(demo_store, "mobilenet_v2", {"alpha": 0.35}, weights(), 64, images=crops)
+    cfeat, pre_c, bb_c = frozen_top(demo_store, "mobilenet_v2", {"alpha": 0.35}, weights(), 64, seed=42, images=crops)
     cex = CandidateExperiment(r, arrays.labels_and_groups(demo_store), whole, None, cfeat.mean(axis=(1, 2)), progress=False)
     fm = cex.fit(np.arange(20), None, 1, epochs=[1])
     model = export_two_stream(r, fm.head, pre, bb, pre_c, bb_c)
@@ -409,11 +414,12 @@ def test_best_weights_keeps_the_lowest_validation_loss_and_stops_after_patience(
 def test_augmented_masks_follow_their_images_geometry(demo_store):
     """mask_views warps each mask with its image's view transform: an image made of the mask itself,
     augmented as the S0 recipe augments images, gives back the same mask view."""
-    from busi_study.models.augment import AugmentConfig, views_batch
+    from busi_study.models.augment import views_batch
     from busi_study.models.lesion_models import mask_views
 
-    r = Recipe(name="t", kind="finetune", input_size=64, train=TrainConfig(), backbone="mobilenet_v2", n_views=4,
-               augment=AugmentConfig(rotation_deg=20, zoom=0.2, shift=0.1))
+    r = Recipe(name="t", kind="finetune", input_size=64, train=train_cfg(), finetune=train_cfg(), unfreeze_blocks=2,
+               backbone="mobilenet_v2", head="gap", head_dropout=0.2, weights="none", n_views=4, preprocessing="none",
+               augment=aug_cfg(rotation_deg=20, zoom=0.2, shift=0.1))
     grid = 8
     mv = mask_views(demo_store, r, 7, grid)
     m = arrays.load_mask_array(demo_store, 64, progress=False)
@@ -445,7 +451,8 @@ def test_finetuned_attention_candidate_is_chosen_exported_and_its_models_match_i
     assert recipe.kind == "attention_ft" and recipe.finetune_from.unfreeze_blocks == p.s0.unfreeze_blocks
     assert "fine-tuned" in recipe.title
     with pytest.raises(ValueError, match="finetune_from"):
-        CandidateRecipe(name="x", kind="attention_ft", backbone="mobilenet_v2", input_size=64, crop_size=64, train=TrainConfig())
+        CandidateRecipe(name="x", kind="attention_ft", backbone="mobilenet_v2", input_size=64, crop_size=64, train=train_cfg(),
+                        dropout=0.2, attention_weight=1.0, weights="none", preprocessing="none")
     results = ResultsStore(tmp_path / "run")
     search = lesion_aware.run_candidates(p.s1, p.s0, p.models, p.augment, None, demo_store, results, seed=42, bootstrap=p.bootstrap)
     assert search.chosen is not None and search.chosen.kind == "attention_ft"
@@ -458,7 +465,8 @@ def test_finetuned_attention_candidate_is_chosen_exported_and_its_models_match_i
     assert {"epoch", "loss", "accuracy", "val_loss", "val_accuracy"} <= set(hist.columns) and hist["accuracy"].between(0, 1).all()
     from busi_study.report.notebook_views import StudyNotebook
 
-    nb = StudyNotebook(report_dir=tmp_path / "run", store=demo_store, demo=True, figure_dpi=40)
+    nb = StudyNotebook(report_dir=tmp_path / "run", store=demo_store, params=StudyParams.from_flat({"figure_dpi": 40}, partial=True),
+                       demo=True)
     nb.show_model_run(search.run, p.bootstrap.resamples)  # what notebook 05 shows for the chosen candidate
     assert (tmp_path / "run" / "figures" / f"{res.name}_learning_curves.png").exists()
     # the saved fold-0 model (image → probabilities) gives the experiment's out-of-fold predictions

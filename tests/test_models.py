@@ -21,9 +21,11 @@ from busi_study.data.prepare import prepare_data  # noqa: E402
 from busi_study.models import builders, registry  # noqa: E402
 from busi_study.models.experiment import Experiment  # noqa: E402
 from busi_study.models.recipes import Recipe  # noqa: E402
-from busi_study.models.training import TrainConfig, balanced_class_weight  # noqa: E402
+from busi_study.models.training import balanced_class_weight  # noqa: E402
 from busi_study.params import StudyParams  # noqa: E402
 from busi_study.results import ModelResults, ResultsStore  # noqa: E402
+
+from .recipe_helpers import aug_cfg, train_cfg  # noqa: E402
 
 DEFAULT = StudyParams.from_profile("default", REPO / "params", {"data_source": "demo"})
 
@@ -43,12 +45,13 @@ def tiny(kind: str, **kw) -> Recipe:
     # ImageNet weights where cached: random-init MobileNetV2 at tiny sizes gives dead features and no gradient
     weights = "imagenet" if kind != "scratch" and imagenet_cached() else "none"
     size = 112 if weights == "imagenet" else 32
-    base = dict(name=f"t-{kind}", kind=kind, input_size=size, train=TrainConfig(epochs=2, batch_size=16, patience=1),
-                weights=weights, n_views=2)
+    base = dict(name=f"t-{kind}", kind=kind, input_size=size, train=train_cfg(epochs=2, batch_size=16, patience=1),
+                weights=weights, n_views=2, augment=aug_cfg(), preprocessing="none")
     if kind != "scratch":
-        base.update(backbone="mobilenet_v2", backbone_kwargs={"alpha": 0.35}, head="gap" if kind == "finetune" else "s3")
+        base.update(backbone="mobilenet_v2", backbone_kwargs={"alpha": 0.35}, head="gap" if kind == "finetune" else "s3",
+                    head_dropout=0.3)
     if kind == "finetune":
-        base.update(finetune=TrainConfig(epochs=1, learning_rate=1e-4, patience=1), unfreeze_blocks=2)
+        base.update(finetune=train_cfg(epochs=1, learning_rate=1e-4, patience=1), unfreeze_blocks=2)
     base.update(kw)
     return Recipe(**base)
 
@@ -65,7 +68,7 @@ def test_s2_cnn_is_s2s_network():
 
 
 def test_s3_head_is_s3s_head():
-    h = builders.s3_head((7, 7, 64))
+    h = builders.s3_head((7, 7, 64), dropout=0.3)
     kinds = [type(layer).__name__ for layer in h.layers[1:]]
     assert kinds == ["Flatten", "BatchNormalization", "Dense", "Dropout", "Dense", "Dropout", "Dense", "Dropout", "Dense"]
     assert [d.units for d in h.layers if isinstance(d, keras.layers.Dense)] == [256, 128, 64, 3]

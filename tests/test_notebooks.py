@@ -2,8 +2,8 @@
 
 The parameters cell is what papermill overrides and what a student edits; default.yaml is the one
 source of defaults. These tests keep the two equal: every key a notebook uses is declared in its
-parameters cell with default.yaml's value, nothing declared is unused, and the typed parameter
-object a notebook builds receives exactly the declared keys.
+parameters cell with default.yaml's value, nothing declared is unused, and after that cell the steps
+read the typed parameters (``params = nb.params``) instead of restating the names.
 """
 
 import ast
@@ -12,7 +12,7 @@ import json
 import pytest
 
 from busi_study.cli import REPO
-from busi_study.params import StudyParams, all_keys, load_profile
+from busi_study.params import SCALARS, SECTIONS, StudyParams, all_keys, load_profile, section_keys
 from busi_study.report.runner import discover_notebooks
 
 NOTEBOOKS = discover_notebooks(REPO / "notebooks")
@@ -67,31 +67,46 @@ def test_parameters_cell_mirrors_default_yaml(nb):
     assert not drift, f"{nb.name}: parameters cell value differs from default.yaml (cell, yaml): {drift}"
 
 
+def typed_uses(nb) -> set[str]:
+    """The sections and scalars a notebook reads from its typed parameters (``params.s0``, ``params.seed``)."""
+    return {n.attr for tree in body_trees(nb) for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "params"}
+
+
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_parameters_cell_declares_exactly_what_the_notebook_uses(nb):
-    declared = set(parameters_cell(nb))
+    """Every study key of the parameters cell belongs to a section (or is a scalar) that the notebook's
+    steps read through ``params``; every section they read is declared whole (its typed object builds)."""
+    declared = {k for k in parameters_cell(nb) if k not in RUNNER_PARAMS}
+    uses = typed_uses(nb)
+    unknown = uses - set(SECTIONS) - set(SCALARS)
+    assert not unknown, f"{nb.name} reads params.{unknown}, which is no section of StudyParams"
+    needed = {k for k in SCALARS if k in uses} | {k for s in uses & set(SECTIONS) for k in section_keys(SECTIONS[s])}
+    if any(isinstance(n, ast.Attribute) and n.attr in ("figure", "show_model_run") for tree in body_trees(nb) for n in ast.walk(tree)):
+        needed.add("figure_dpi")  # nb.figure and nb.show_model_run save at the notebook's figure_dpi
+    assert declared == needed, (f"{nb.name}: parameters cell and the sections its steps use differ: declared but unused "
+                                f"{sorted(declared - needed)}, used but not declared {sorted(needed - declared)}")
+    StudyParams.from_flat({k: DEFAULTS[k] for k in declared}, partial=True)  # whole sections, right types
     names = {n.id for tree in body_trees(nb) for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-    used = names & (set(DEFAULTS) | RUNNER_PARAMS)
-    assert used <= declared, f"{nb.name} uses parameters its parameters cell does not declare: {sorted(used - declared)}"
-    assert declared <= used, f"{nb.name} declares parameters it never uses: {sorted(declared - used)}"
+    assert RUNNER_PARAMS & set(parameters_cell(nb)) <= names | {"demo"}, f"{nb.name} declares a runner parameter it never uses"
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
-def test_typed_parameters_get_exactly_the_declared_keys(nb):
-    """Where a notebook builds StudyParams.from_flat(dict(k=k, …)), the dict holds every declared
-    study key under its own name, and the typed object builds from default.yaml's values."""
+def test_no_cell_restates_the_parameters_cell(nb):
+    """The parameters are read once: after the parameters cell the steps use ``params.<section>.<field>``
+    (built by ``StudyNotebook.open`` from the declared names), never a parameter's bare name, and no
+    cell rebuilds the typed object from a restated list of names."""
     declared = {k for k in parameters_cell(nb) if k not in RUNNER_PARAMS}
-    calls = [n for tree in body_trees(nb) for n in ast.walk(tree) if isinstance(n, ast.Call)
-             and isinstance(n.func, ast.Attribute) and n.func.attr == "from_flat"]
-    if not calls:
-        return
-    (call,) = calls
-    arg = call.args[0]
-    assert isinstance(arg, ast.Call) and arg.func.id == "dict", f"{nb.name}: from_flat(dict(key=key, …))"
-    passed = {k.arg: k.value.id for k in arg.keywords}
-    assert all(k == v for k, v in passed.items()), f"{nb.name}: pass each parameter under its own name"
-    assert set(passed) == declared, f"{nb.name}: typed parameters differ from the parameters cell: {set(passed) ^ declared}"
-    StudyParams.from_flat({k: DEFAULTS[k] for k in declared}, partial=True)  # whole sections, right types
+    bare = {n.id for tree in body_trees(nb) for n in ast.walk(tree)
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id in declared}
+    assert not bare, f"{nb.name} restates parameters by their bare names: {sorted(bare)} (use params.<section>.<field>)"
+    calls = [n for tree in body_trees(nb) for n in ast.walk(tree)
+             if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in ("from_flat", "from_profile")]
+    assert not calls, f"{nb.name} builds StudyParams itself; StudyNotebook.open does (nb.params)"
+    opens = [n for tree in body_trees(nb) for n in ast.walk(tree)
+             if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "open"
+             and isinstance(n.func.value, ast.Name) and n.func.value.id == "StudyNotebook"]
+    assert len(opens) == 1 and not any(k.arg == "params" for k in opens[0].keywords), f"{nb.name}: one StudyNotebook.open(...)"
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)

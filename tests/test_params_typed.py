@@ -62,3 +62,94 @@ def test_partial_sections_from_a_notebook():
         p.require("splits", "s0")
     with pytest.raises(ParameterError, match="'seed' is missing"):
         StudyParams.from_flat({k: v for k, v in flat.items() if k != "seed"})
+
+
+# ---------------------------------------------------------------- defaults live in params/default.yaml only
+import dataclasses as _dc  # noqa: E402
+import importlib as _importlib  # noqa: E402
+import inspect as _inspect  # noqa: E402
+
+#: Where a recipe is defined or a model is built and trained. Their study settings come from the
+#: profile; a keyword default here would be a second, silent source of a study value.
+MACHINERY = ["busi_study.models.recipes", "busi_study.models.training", "busi_study.models.augment",
+             "busi_study.models.builders", "busi_study.models.experiment", "busi_study.models.features",
+             "busi_study.models.segmentation", "busi_study.models.lightweight", "busi_study.models.lesion_models",
+             "busi_study.models.crops", "busi_study.studies.s1_pipeline", "busi_study.studies.lesion_aware",
+             "busi_study.studies.model_run", "busi_study.studies.s4_study"]
+#: Defaults that are not study values: display and plumbing switches, names of Keras objects, the
+#: class count, inference batch sizes (no effect on a prediction), and a recipe's descriptive label.
+STRUCTURAL = {"progress", "name", "n_classes", "batch_size", "on_fold", "cache", "augment_views", "restore_best",
+              "steps_per_execution", "source_study", "backbone_kwargs", "weights_snapshot", "timing", "head", "metric",
+              "tta", "view"}  # tta, view: which prediction a call asks for (view 0, or the mean over the views)
+#: Keras's own Layer arguments (a custom layer inherits them).
+KERAS_LAYER = {"activity_regularizer", "trainable", "dtype", "autocast"}
+
+
+def _defaults_of(obj) -> dict:
+    if _inspect.isclass(obj) and _dc.is_dataclass(obj):
+        return {f.name: (f.default if f.default is not _dc.MISSING else f.default_factory())
+                for f in _dc.fields(obj) if f.default is not _dc.MISSING or f.default_factory is not _dc.MISSING}
+    fn = obj.__init__ if _inspect.isclass(obj) else obj
+    try:
+        sig = _inspect.signature(fn)
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in sig.parameters.values() if p.default is not _inspect.Parameter.empty}
+
+
+def study_value_defaults() -> list[str]:
+    """Every keyword default of the recipe and training code that could carry a study value."""
+    out = []
+    for mod_name in MACHINERY:
+        mod = _importlib.import_module(mod_name)
+        for name, obj in vars(mod).items():
+            if name.startswith("_") or getattr(obj, "__module__", None) != mod_name:
+                continue
+            if not (_inspect.isfunction(obj) or _inspect.isclass(obj)):
+                continue
+            members = [(name, obj)] + ([(f"{name}.{m}", f) for m, f in vars(obj).items()
+                                        if _inspect.isfunction(f) and not m.startswith("_")] if _inspect.isclass(obj) else [])
+            for label, fn in members:
+                for arg, value in _defaults_of(fn).items():
+                    if value is None or arg in STRUCTURAL or arg in KERAS_LAYER or value in ({}, []):
+                        continue
+                    out.append(f"{mod_name}.{label}({arg}={value!r})")
+    return out
+
+
+def test_recipes_and_training_take_every_study_value_from_the_profile():
+    found = study_value_defaults()
+    assert not found, "keyword defaults outside params/default.yaml (pass the value from the typed parameters): " + "; ".join(found)
+
+
+def test_the_default_check_sees_a_new_default(monkeypatch):
+    """The check above fails when a recipe or training function gains a keyword default."""
+    from busi_study.models import training
+
+    def train_with_a_default(model, views, y, train_idx, val_idx, cfg, seed, epochs=None, learning_rate=1e-3):
+        return None
+
+    train_with_a_default.__module__ = "busi_study.models.training"
+    monkeypatch.setattr(training, "train_with_a_default", train_with_a_default, raising=False)
+    assert any("train_with_a_default(learning_rate=0.001)" in f for f in study_value_defaults())
+
+
+@pytest.mark.parametrize("key, value", [("gradcam_method", "gradcam+"), ("s1_candidates", ["attention", "atention_ft"]),
+                                        ("s1_enhancements", ["none", "clahee"]), ("s3_backbones", ["resnet5O"]),
+                                        ("s4_export_variant", "early-stopped"), ("s1_seg_backbone", "mobilenetv2")])
+def test_a_misspelt_choice_fails_when_the_profile_loads(key, value):
+    with pytest.raises(ParameterError, match=rf"parameter '{key}'.*is not one of"):
+        StudyParams.from_profile("smoke", REPO / "params", {key: value})
+
+
+def test_the_closed_sets_are_what_the_code_implements():
+    from busi_study.data.enhance import ENHANCEMENTS
+    from busi_study.explain.gradcam import METHODS
+    from busi_study.info import CHOICES
+    from busi_study.models.lesion_models import CANDIDATES
+    from busi_study.models.registry import REGISTRY
+
+    assert set(CHOICES["backbone"]) == set(REGISTRY)
+    assert set(CHOICES["enhancement"]) == set(ENHANCEMENTS)
+    assert tuple(CHOICES["lesion_candidate"]) == tuple(CANDIDATES)
+    assert tuple(CHOICES["gradcam_method"]) == tuple(METHODS)

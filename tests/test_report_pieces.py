@@ -126,7 +126,8 @@ def test_notebook_views_save_and_title(tmp_path, monkeypatch):
     (data / "data_summary.json").write_text(json.dumps(summary))
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "data_summary.json").write_text(json.dumps(summary))  # written by 00 of this run
-    nb = StudyNotebook.open(tmp_path / "run", tmp_path / "data", demo=True, figure_dpi=50)
+    nb = StudyNotebook.open(tmp_path / "run", tmp_path / "data", demo=True, params={"figure_dpi": 50})
+    assert nb.figure_dpi == 50 and nb.params.figure_dpi == 50
     assert nb.store.folder == data and nb.results.root == tmp_path / "run" / "results"
     assert nb.title("x").endswith(f"[{DEMO_BANNER}]") and shown  # the banner was shown
     fig, ax = plt.subplots()
@@ -136,8 +137,10 @@ def test_notebook_views_save_and_title(tmp_path, monkeypatch):
     assert (tmp_path / "run" / "figures" / "f.png").exists() and (tmp_path / "run" / "figures" / "f.pdf").exists()
     assert (tmp_path / "run" / "tables" / "t.csv").read_text().splitlines()[1] == "0.123"
     assert isinstance(shown[-1], pd.DataFrame) and shown[-1]["v"].iloc[0] == 0.123
+    with pytest.raises(StudyError, match="outside a notebook needs the parameters"):
+        StudyNotebook.open(tmp_path / "run", tmp_path / "data", demo=True)  # no IPython here: say how
     with pytest.raises(StudyError, match="run notebooks/00_download first"):
-        StudyNotebook.open(tmp_path / "run2", tmp_path / "nodata", demo=False)
+        StudyNotebook.open(tmp_path / "run2", tmp_path / "nodata", demo=False, params={})
 
 
 def test_model_section_states_the_protocol_the_results_ran(tmp_path):

@@ -23,7 +23,9 @@ from busi_study.models.lightweight import (  # noqa: E402
     s4_recipe,
     ssdlite_head,
 )
-from busi_study.models.training import TrainConfig, train  # noqa: E402
+from busi_study.models.training import train  # noqa: E402
+
+from .recipe_helpers import aug_cfg, train_cfg  # noqa: E402
 
 
 # ---------------------------------------------------------------- registry
@@ -87,7 +89,7 @@ def test_binary_training_learns_and_faithful_keeps_the_last_epoch():
     c5 = rng.normal(size=(2, n, 2, 2, 5)).astype(np.float32)
     keras.utils.set_random_seed(0)  # the head's initial weights, independent of earlier tests
     head = ssdlite_head((4, 4, 6), (2, 2, 5), channels=4, dropout=0.0)
-    cfg = TrainConfig(epochs=12, batch_size=8, learning_rate=0.01, patience=None, restore_best=False, steps_per_execution=2)
+    cfg = train_cfg(epochs=12, batch_size=8, learning_rate=0.01, patience=None, restore_best=False, steps_per_execution=2)
     res = train(head, (c4, c5), y, np.arange(40), np.arange(40, 60), cfg, seed=0)
     assert res.best_epoch == 12 and len(res.history) == 12
     p = head.predict([c4[0, 40:], c5[0, 40:]], verbose=0).ravel()
@@ -202,9 +204,9 @@ def demo_store(tmp_path_factory):
 def test_experiment_cv_protocols_and_full_model(demo_store):
     cached = registry.weights_available("mobilenet_v2", "imagenet", 112, alpha=0.35)[0]
     recipe = LightweightRecipe(name="t-s4", backbone="mobilenet_v2", input_size=112 if cached else 32,
-                               train=TrainConfig(epochs=2, batch_size=4, patience=None, restore_best=False),
+                               train=train_cfg(epochs=2, batch_size=4, patience=None, restore_best=False),
                                backbone_kwargs={"alpha": 0.35}, weights="imagenet" if cached else "none",
-                               head_channels=4, n_views=2)
+                               head_channels=4, dropout=0.2, n_views=2, augment=aug_cfg())
     ex = LightweightExperiment(recipe, demo_store, seed=0, progress=False).prepare(augmented_size=100)
     n = len(ex.y)
     assert set(ex.table["label"]) == {"benign", "malignant"} and ex.n_cached_views == views_needed(n, 100)

@@ -43,7 +43,7 @@ S0_INTENSITY = {
 S0_QUOTED_COUNTS = {"total": 1576, "normal": 265, "benign": 891, "malignant": 420}
 S1_QUOTED_TOTAL = 1578
 
-#: Source studies: short label, model, and headline claims (SEEDS.md).
+#: Source studies: short label, model, and headline claims (docs/sources.md).
 SOURCE_STUDIES = {
     "S0": {"model": "MobileNetV2 (ImageNet), fine-tuned", "claims": {"accuracy": 0.82}},
     "S1": {"model": "ResNet101 (ImageNet), all layers trainable",
@@ -86,4 +86,19 @@ BREAST = {
     "expected_other_masks": 14,
     "label_column": "Classification",
     "image_column": "Image_filename",
+}
+
+#: Closed sets of choices a profile may name (checked when a profile loads, :mod:`busi_study.params`).
+#: The modules that implement them check that they implement exactly these (tests/test_params_typed.py).
+CHOICES = {
+    # backbones of the registry (models/registry.py)
+    "backbone": ("mobilenet_v2", "resnet50", "resnet101", "mobilenet_v3_small", "efficientnet_b0"),
+    # S1's enhancement options (data/enhance.py)
+    "enhancement": ("none", "histeq", "clahe", "median", "bilateral", "nlmeans"),
+    # lesion-aware candidates of notebook 05 (models/lesion_models.py)
+    "lesion_candidate": ("attention", "two_stream", "two_stream_hires", "attention_ft"),
+    # explanation maps (explain/gradcam.py)
+    "gradcam_method": ("gradcam", "gradcam++"),
+    # S4's training variants (models/lightweight.py)
+    "s4_variant": ("faithful", "early_stopped"),
 }

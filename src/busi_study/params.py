@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import yaml
 
 from .errors import ParameterError, first_line
+from .info import CHOICES
 
 
 def load_profile(name_or_path: str, params_dir: Path) -> dict[str, Any]:
@@ -85,6 +86,11 @@ def apply_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> dict[s
 
 
 _FLAT = {"flat": True}
+
+
+def _one_of(kind: str):
+    """A field whose value (or each item of its list) must be one of ``CHOICES[kind]`` (info.py)."""
+    return dataclasses.field(metadata={"choices": kind})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +195,7 @@ class S3Params:
     """S3: frozen backbone → Flatten → dense head; one run per backbone."""
 
     PREFIX: ClassVar[str] = "s3_"
-    backbones: list[str]
+    backbones: list[str] = _one_of("backbone")
     input_size: int
     dropout: float
     train: TrainParams = dataclasses.field(metadata=_FLAT)
@@ -221,7 +227,7 @@ class ExplainParams:
     """Error analysis and explanations (notebook of the error analysis)."""
 
     PREFIX: ClassVar[str] = ""
-    gradcam_method: str
+    gradcam_method: str = _one_of("gradcam_method")
     gradcam_tolerance: float
     gradcam_max_per_fold: int | None
     sanity_layers: int
@@ -239,13 +245,13 @@ class S4Params:
     final model is exported."""
 
     PREFIX: ClassVar[str] = "s4_"
-    backbones: list[str]
+    backbones: list[str] = _one_of("backbone")
     input_size: int
     head_channels: int
     dropout: float
     augmented_size: int
-    protocol_variant: str
-    export_variant: str
+    protocol_variant: str = _one_of("s4_variant")
+    export_variant: str = _one_of("s4_variant")
     train: TrainParams = dataclasses.field(metadata=_FLAT)
     es: TrainParams  # keys s4_es_*
 
@@ -254,7 +260,7 @@ class S4Params:
 class SegmenterParams:
     """S1's lesion segmenter: frozen encoder from the registry, U-Net decoder, training phase."""
 
-    backbone: str
+    backbone: str = _one_of("backbone")
     input_size: int
     decoder_channels: int
     views: int
@@ -270,13 +276,13 @@ class S1Params:
     lesion-aware candidate heads (chosen on validation) and the seeds of the final comparison."""
 
     PREFIX: ClassVar[str] = "s1_"
-    enhancements: list[str]
+    enhancements: list[str] = _one_of("enhancement")
     seg: SegmenterParams
     crop_margins: list[float]
-    classifier_backbones: list[str]
+    classifier_backbones: list[str] = _one_of("backbone")
     unfreeze_blocks: int | None
     protocol_epochs: int
-    candidates: list[str]
+    candidates: list[str] = _one_of("lesion_candidate")
     hires_size: int
     attention_weight: float
     head: TrainParams
@@ -293,6 +299,9 @@ class TFLiteParams:
     latency_runs: int
     latency_warmup: int
     agreement_folds: int | None
+    target_mb: float
+    target_ms: float
+    target_auc_drop: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -384,8 +393,21 @@ def _build(cls: type, flat: dict[str, Any], prefix: str | None = None) -> Any:
             key = f"{prefix}{f.name}"
             if key not in flat:
                 raise ParameterError(f"parameter '{key}' is missing")
-            kwargs[f.name] = _check_type(key, flat[key], t)
+            kwargs[f.name] = _check_choice(key, _check_type(key, flat[key], t), f.metadata.get("choices"))
     return cls(**kwargs)
+
+
+def _check_choice(key: str, value: Any, kind: str | None) -> Any:
+    """``value`` (or each item of a list) must be one of ``CHOICES[kind]``: a misspelt choice fails
+    when the profile loads, with the allowed values, instead of hours into a run."""
+    if kind is None or value is None:
+        return value
+    allowed = CHOICES[kind]
+    bad = [v for v in (value if isinstance(value, list) else [value]) if v not in allowed]
+    if bad:
+        raise ParameterError(f"parameter '{key}': {', '.join(repr(b) for b in bad)} is not one of "
+                             f"{', '.join(allowed)} — fix the value in the profile or the --set")
+    return value
 
 
 def all_keys() -> dict[str, tuple[str, ...]]:

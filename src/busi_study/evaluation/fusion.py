@@ -1,4 +1,4 @@
-"""Late fusion of two models' predictions (issue 13, candidate (e)): p = w·p_base + (1 − w)·p_other.
+"""Late fusion of two models' saved predictions, no training: p = w·p_base + (1 − w)·p_other.
 
 The weight is chosen on the folds' inner-*validation* predictions only (lowest pooled log loss;
 ``w = 1`` is the base model alone); the out-of-fold test predictions are fused with that one weight

@@ -39,10 +39,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from ..info import CHOICES
+
 if TYPE_CHECKING:  # only for annotations; keeps the import of this module free of TensorFlow
     import keras
 
-METHODS = ("gradcam", "gradcam++")
+METHODS = CHOICES["gradcam_method"]
 SCORES = ("auto", "logit", "output")
 
 # Layers whose 4-D output is not a useful Grad-CAM target: they only pool, pad, crop or drop

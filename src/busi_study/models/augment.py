@@ -13,16 +13,17 @@ import cv2
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AugmentConfig:
-    """Ranges of the random transforms (all symmetric around no change)."""
+    """Ranges of the random transforms (all symmetric around no change); the study's values come
+    from the profile (``aug_*``, ``recipes.augment_config``)."""
 
-    flip: bool = True
-    rotation_deg: float = 10.0
-    zoom: float = 0.10
-    shift: float = 0.05
-    brightness: float = 0.10
-    contrast: float = 0.10
+    flip: bool
+    rotation_deg: float
+    zoom: float
+    shift: float
+    brightness: float
+    contrast: float
 
     def key(self) -> str:
         return "-".join(f"{k}{v}" for k, v in asdict(self).items())

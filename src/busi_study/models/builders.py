@@ -28,7 +28,7 @@ class BackbonePreprocess(layers.Layer):
     MEAN_RGB = (0.485, 0.456, 0.406)
     STD_RGB = (0.229, 0.224, 0.225)
 
-    def __init__(self, mode: str = "tf", **kwargs: Any) -> None:
+    def __init__(self, mode: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if mode not in ("tf", "caffe", "torch", "none"):
             raise ValueError(f"unknown preprocessing mode {mode}")
@@ -60,7 +60,7 @@ class AttentionPool(layers.Layer):
         return ops.sum(f * a, axis=(1, 2)) / (ops.sum(a, axis=(1, 2)) + 1e-6)
 
 
-def s2_cnn(input_size: int = 180, n_classes: int = N_CLASSES) -> keras.Model:
+def s2_cnn(input_size: int, n_classes: int = N_CLASSES) -> keras.Model:
     """S2's network exactly: Rescaling(1/255) → [Conv 3×3 same ReLU → MaxPool] × (16, 32, 64)
     → Flatten → Dense 128 ReLU → Dense(n) (softmax here, so every model outputs probabilities)."""
     inputs = keras.Input((input_size, input_size, 3), name="image")
@@ -74,7 +74,7 @@ def s2_cnn(input_size: int = 180, n_classes: int = N_CLASSES) -> keras.Model:
     return keras.Model(inputs, outputs, name="s2_cnn")
 
 
-def s3_head(feature_shape: tuple[int, ...], dropout: float = 0.3, n_classes: int = N_CLASSES, name: str = "s3_head") -> keras.Model:
+def s3_head(feature_shape: tuple[int, ...], dropout: float, n_classes: int = N_CLASSES, name: str = "s3_head") -> keras.Model:
     """S3's head: Flatten → BatchNorm → Dense 256/128/64 ReLU, each followed by Dropout → Dense softmax."""
     inputs = keras.Input(feature_shape, name="features")
     x = layers.Flatten(name="head_flatten")(inputs)
@@ -86,7 +86,7 @@ def s3_head(feature_shape: tuple[int, ...], dropout: float = 0.3, n_classes: int
     return keras.Model(inputs, outputs, name=name)
 
 
-def gap_head(feature_shape: tuple[int, ...], dropout: float = 0.2, n_classes: int = N_CLASSES, name: str = "gap_head") -> keras.Model:
+def gap_head(feature_shape: tuple[int, ...], dropout: float, n_classes: int = N_CLASSES, name: str = "gap_head") -> keras.Model:
     """The usual transfer-learning head (S0): GlobalAveragePooling → Dropout → Dense softmax."""
     inputs = keras.Input(feature_shape, name="features")
     x = layers.GlobalAveragePooling2D(name="head_gap")(inputs)

@@ -1,5 +1,5 @@
 """Deterministic training: the same commit, data and seed on the same machine give the same
-out-of-fold predictions for every model (issue 12; numbers in the README's "Reruns" section).
+out-of-fold predictions for every model (measured in the README's "Reruns" section).
 
 What is fixed, and where:
 

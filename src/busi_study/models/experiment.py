@@ -61,7 +61,7 @@ class CVResult:
 class Experiment:
     """See the module docstring. ``store`` is the processed dataset; ``seed`` fixes views and init."""
 
-    def __init__(self, recipe: Recipe, store: ProcessedData, seed: int = 42, progress: bool = True,
+    def __init__(self, recipe: Recipe, store: ProcessedData, seed: int, progress: bool = True,
                  images: np.ndarray | None = None, images_key: str | None = None) -> None:
         """``images``: use these uint8 (n, size, size, 3) images (manifest order) instead of the
         decoded dataset, e.g. crops around predicted lesions; their cached views are kept on disk
@@ -83,7 +83,7 @@ class Experiment:
         if self.images is not None and self.images_key is None:
             return None
         extra = () if self.images is None else (self.images_key,)
-        key = cache_key(what, r.backbone, sorted(r.backbone_kwargs.items()), r.weights, r.input_size, r.unfreeze_blocks,
+        key = cache_key(what, r.backbone, sorted(r.backbone_kwargs.items()), r.weights, r.input_size, r.unfreeze_blocks or 0,
                         r.n_views, self.seed, r.augment.key(), r.preprocessing, sha256_of(self.store.manifest), *extra)
         return self.store.cache_dir / "features" / f"{r.backbone or 'images'}-{what}-{key}.npy"
 
@@ -187,7 +187,7 @@ class Experiment:
         return {role: np.array(sorted(pos[i] for i in part.loc[part["role"] == role, "image_id"]), dtype=int)
                 for role in ("train", "val", "test")}
 
-    def cross_validate(self, splits: pd.DataFrame, seed: int | None = None, tta: bool = True, on_fold=None) -> CVResult:
+    def cross_validate(self, splits: pd.DataFrame, *, tta: bool, seed: int | None = None, on_fold=None) -> CVResult:
         """Run every outer fold of ``splits`` (one seed) and collect out-of-fold predictions."""
         return run_folds(lambda fold: self, splits, seed, tta, on_fold)
 
@@ -213,7 +213,7 @@ class Experiment:
         return model
 
 
-def run_folds(experiment_of_fold, splits: pd.DataFrame, seed: int | None = None, tta: bool = True, on_fold=None) -> CVResult:
+def run_folds(experiment_of_fold, splits: pd.DataFrame, seed: int | None, tta: bool, on_fold=None) -> CVResult:
     """The outer folds of ``splits`` (one seed): ``experiment_of_fold(fold)`` gives the prepared
     :class:`Experiment` whose views that fold trains and tests on (the same one for every fold,
     or one per fold when the inputs depend on the fold, e.g. crops from that fold's segmenter)."""

@@ -1,17 +1,17 @@
 """Lesion-aware candidate models (notebook 05), trained on cached frozen-backbone features.
 
-Candidates (issue 13's list; each trained and scored under the same grouped folds):
+Candidates (each trained and scored under the same grouped folds):
 
-* ``attention`` (c) — the whole image's last feature map F (h × w × C) → a 1 × 1 convolution with
+* ``attention`` — the whole image's last feature map F (h × w × C) → a 1 × 1 convolution with
   a sigmoid gives an attention map a; the features pooled under a (Σ a·F / Σ a) and the plain
   average of F → dropout → softmax. During training a is *supervised by the lesion mask*
   (binary cross-entropy against the mask averaged to h × w, weight ``attention_weight``; normal
   images: an empty mask). At test time only the image goes in.
-* ``two_stream`` (b) — the whole image's pooled features and the pooled features of the crop
+* ``two_stream`` — the whole image's pooled features and the pooled features of the crop
   around the lesion that fold's segmenter predicted (:mod:`busi_study.models.crops`), concatenated →
   dropout → softmax.
-* ``two_stream_hires`` (b + d) — the same with the crop at a higher input resolution.
-* ``attention_ft`` (c, fine-tuned) — the attention head of ``attention`` on the S0 recipe's network,
+* ``two_stream_hires`` — the same with the crop at a higher input resolution.
+* ``attention_ft`` — the attention head of ``attention`` on the S0 recipe's network,
   trained as S0 is (head on the frozen top, then the top blocks fine-tuned on the cached lower-block
   outputs of the augmented views); each view's mask goes through the same flip / rotation / zoom /
   shift as its image, so the attention target stays on the lesion.
@@ -33,16 +33,16 @@ import pandas as pd
 
 from ..data.arrays import labels_and_groups, load_mask_array
 from ..data.store import ProcessedData
-from ..info import PROBA_COLUMNS
+from ..info import CHOICES, PROBA_COLUMNS
 from .augment import views_batch
 from .experiment import Experiment, FoldModel, run_folds
-from .recipes import Recipe
+from .recipes import Recipe, features_recipe
 from .training import BestWeights, TrainConfig, TrainResult, balanced_class_weight, train_with_mask
 
-CANDIDATES = ("attention", "two_stream", "two_stream_hires", "attention_ft")
+CANDIDATES = CHOICES["lesion_candidate"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CandidateRecipe:
     name: str
     kind: str                      # one of CANDIDATES
@@ -50,12 +50,12 @@ class CandidateRecipe:
     input_size: int                # whole image
     crop_size: int                 # crop stream (two_stream*)
     train: TrainConfig
-    dropout: float = 0.2
-    attention_weight: float = 1.0
+    dropout: float
+    attention_weight: float
+    weights: str | None
+    preprocessing: str
     backbone_kwargs: dict[str, Any] | None = None
-    weights: str | None = "imagenet"
     source_study: str = "ours"
-    preprocessing: str = "none"
     finetune_from: Recipe | None = None  # attention_ft: the recipe whose network and training it reuses (S0's)
 
     def __post_init__(self) -> None:
@@ -121,16 +121,11 @@ def two_stream_head(dim_whole: int, dim_crop: int, dropout: float, n_classes: in
 
 
 # ---------------------------------------------------------------- experiment
-def frozen_top(store: ProcessedData, backbone: str, kw: dict, weights: str | None, size: int, images: np.ndarray | None = None,
-               seed: int = 42) -> tuple[np.ndarray, object, object]:
+def frozen_top(store: ProcessedData, backbone: str, kw: dict, weights: str | None, size: int, *, seed: int,
+               images: np.ndarray | None = None) -> tuple[np.ndarray, object, object]:
     """The frozen backbone's last feature map of every image (or of ``images``): float32 (n, h, w, C),
     plus (preprocess layer, backbone) for export. Whole images are cached on disk by the experiment."""
-    from .augment import AugmentConfig
-    from .recipes import Recipe
-
-    r = Recipe(name="frozen_top", kind="frozen_head", input_size=size, train=TrainConfig(), backbone=backbone,
-               backbone_kwargs=kw, weights=weights, n_views=1, augment=AugmentConfig())
-    ex = Experiment(r, store, seed=seed, progress=False, images=images).prepare()
+    ex = Experiment(features_recipe(backbone, kw, weights, size), store, seed=seed, progress=False, images=images).prepare()
     return np.asarray(ex.views[0], np.float32), ex.preprocess, ex.backbone
 
 
@@ -201,7 +196,7 @@ class FinetunedAttentionExperiment(Experiment):
     """``attention_ft``: the S0 recipe's experiment (cached lower-block outputs of every augmented
     view, top blocks fine-tuned) with the mask-supervised attention head instead of the plain one."""
 
-    def __init__(self, candidate: CandidateRecipe, store: ProcessedData, seed: int = 42, progress: bool = True) -> None:
+    def __init__(self, candidate: CandidateRecipe, store: ProcessedData, seed: int, progress: bool = True) -> None:
         super().__init__(replace(candidate.finetune_from, name=candidate.name), store, seed=seed, progress=progress)
         self.candidate = candidate
 

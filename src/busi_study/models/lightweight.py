@@ -47,7 +47,7 @@ from .training import TrainConfig, TrainResult, train
 LESION_CLASSES = ("benign", "malignant")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LightweightRecipe:
     """Everything that defines one S4-style model: backbone, input size, head, training."""
 
@@ -55,12 +55,12 @@ class LightweightRecipe:
     backbone: str
     input_size: int
     train: TrainConfig
+    weights: str | None
+    head_channels: int
+    dropout: float
+    n_views: int
+    augment: AugmentConfig
     backbone_kwargs: dict = field(default_factory=dict)
-    weights: str | None = "imagenet"
-    head_channels: int = 128
-    dropout: float = 0.2
-    n_views: int = 8
-    augment: AugmentConfig = AugmentConfig()
     source_study: str = "S4"
 
     @property
@@ -116,7 +116,7 @@ def ssdlite_block(x, channels: int, name: str):
     return layers.GlobalAveragePooling2D(name=f"{name}_gap")(x)
 
 
-def ssdlite_head(c4_shape: tuple[int, ...], c5_shape: tuple[int, ...], channels: int = 128, dropout: float = 0.2,
+def ssdlite_head(c4_shape: tuple[int, ...], c5_shape: tuple[int, ...], channels: int, dropout: float,
                  name: str = "s4_head"):
     """Two inputs (C4 (h, w, c), C5 (h', w', c')) → one SSDLite block each → concat → dropout →
     Dense(1, sigmoid) = p_malignant. Output shape (n, 1)."""
@@ -198,7 +198,7 @@ class BinaryCV:
 class LightweightExperiment:
     """One S4-style recipe on the lesion images of a processed dataset (see module docstring)."""
 
-    def __init__(self, recipe: LightweightRecipe, store: ProcessedData, seed: int = 42, progress: bool = True) -> None:
+    def __init__(self, recipe: LightweightRecipe, store: ProcessedData, seed: int, progress: bool = True) -> None:
         self.recipe, self.store, self.seed, self.progress = recipe, store, seed, progress
         table = labels_and_groups(store)
         self.rows = np.flatnonzero(table["label"].isin(LESION_CLASSES).to_numpy())  # positions in the manifest

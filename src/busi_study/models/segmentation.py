@@ -34,19 +34,19 @@ from .training import BestWeights, TrainConfig
 LEVELS = ("C2", "C3", "C4", "C5")  # output strides 4, 8, 16, 32
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SegmenterRecipe:
     name: str
     backbone: str
     input_size: int
     train: TrainConfig
-    decoder_channels: int = 32
-    n_views: int = 2                 # 1: the images; 2: the images and their mirrors
-    threshold: float = 0.5           # probability above which a pixel is lesion
-    min_area: float = 0.002          # smaller predicted regions (fraction of the image) count as "nothing found"
+    decoder_channels: int
+    n_views: int                     # 1: the images; 2: the images and their mirrors
+    threshold: float                 # probability above which a pixel is lesion
+    min_area: float                  # smaller predicted regions (fraction of the image) count as "nothing found"
+    weights: str | None
+    preprocessing: str
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-    weights: str | None = "imagenet"
-    preprocessing: str = "none"
 
     @property
     def backbone_label(self) -> str:
@@ -74,7 +74,7 @@ def encoder(backbone, name: str):
     return keras.Model(backbone.input, feature_tensors(backbone, name, LEVELS), name="encoder")
 
 
-def unet_decoder(shapes: list[tuple[int, ...]], channels: int = 32):
+def unet_decoder(shapes: list[tuple[int, ...]], channels: int):
     """C2–C5 maps → lesion probability at the C2 resolution (input / 4), one sigmoid channel."""
     import keras
     from keras import layers
@@ -220,7 +220,7 @@ class SegCV:
 class SegmentationExperiment:
     """A :class:`SegmenterRecipe` on one processed dataset: cached encoder outputs → decoders per fold."""
 
-    def __init__(self, recipe: SegmenterRecipe, store: ProcessedData, seed: int = 42, progress: bool = True) -> None:
+    def __init__(self, recipe: SegmenterRecipe, store: ProcessedData, seed: int, progress: bool = True) -> None:
         self.recipe, self.store, self.seed, self.progress = recipe, store, seed, progress
         self.table = labels_and_groups(store)
         self.timing: dict[str, float] = {}

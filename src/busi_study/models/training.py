@@ -22,17 +22,18 @@ import pandas as pd
 from ..info import CLASSES
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """epochs: maximum; patience: early-stopping patience on val loss (None: train all epochs
     and keep the best-val-loss weights); class_weight: weight classes by inverse frequency in
-    the training part."""
+    the training part. The study's values come from the profile (``recipes.train_config``); only
+    the switches below have defaults (what every phase does unless a recipe says otherwise)."""
 
-    epochs: int = 30
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    patience: int | None = 4
-    class_weight: bool = True
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    patience: int | None
+    class_weight: bool
     augment_views: bool = True
     restore_best: bool = True  # False: keep the last epoch's weights (a source study's fixed-epoch run)
     steps_per_execution: int = 1  # batches per compiled call: same updates, less per-step overhead (batch 1)
@@ -164,8 +165,8 @@ def predict(model, x, batch_size: int = 64) -> np.ndarray:
 
 
 def train_with_mask(model, views: np.ndarray, y: np.ndarray, masks: np.ndarray, train_idx: np.ndarray,
-                    val_idx: np.ndarray | None, cfg: TrainConfig, seed: int, epochs: int | None = None,
-                    mask_weight: float = 1.0) -> TrainResult:
+                    val_idx: np.ndarray | None, cfg: TrainConfig, seed: int, epochs: int | None, *,
+                    mask_weight: float) -> TrainResult:
     """:func:`train` for a model with two outputs (probabilities, a lesion map flattened to h·w):
     cross-entropy on the class plus ``mask_weight`` × binary cross-entropy of the map against
     ``masks`` (n_views, n, h·w) — the view's own mask, so augmented images keep their lesion. Early

@@ -17,7 +17,9 @@ import pandas as pd
 from .. import plots
 from ..data.consistency import open_run_data
 from ..data.store import ProcessedData
+from ..errors import ParameterError
 from ..info import DEMO_BANNER
+from ..params import StudyParams, all_keys
 from ..results import ResultsStore
 from ..studies.model_run import ModelRun, metrics_display
 from .export import save_figure, save_table, titled
@@ -35,27 +37,53 @@ def _markdown(text: str):
     return Markdown(text)
 
 
+def declared_parameters() -> dict:
+    """The study parameters of the running notebook: every name of ``params/default.yaml`` defined in
+    its namespace (its parameters cell, then papermill's injected values). Nothing else is read."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython ships with the notebook stack
+        get_ipython = None  # noqa: N806
+    shell = get_ipython() if get_ipython else None
+    if shell is None:
+        raise ParameterError("StudyNotebook.open outside a notebook needs the parameters: pass params={...} "
+                             "(flat keys of params/default.yaml)")
+    return {k: shell.user_ns[k] for k in all_keys() if k in shell.user_ns}
+
+
 @dataclass
 class StudyNotebook:
     """One notebook's context: where it writes, what data it reads, how it titles figures."""
 
     report_dir: Path
     store: ProcessedData
+    params: StudyParams
     demo: bool = False
-    figure_dpi: int = 300
+
+    @property
+    def figure_dpi(self) -> int:
+        return self.params.figure_dpi or 300
 
     @classmethod
-    def open(cls, report_dir: str | Path, data_dir: str | Path, demo: bool = False, figure_dpi: int = 300,
-             need_data: bool = True) -> StudyNotebook:
-        """The context of a notebook run with papermill (or by hand with the defaults of its
-        parameters cell). Shows the DEMO banner on demo data; ``need_data`` prints what data it reads."""
+    def open(cls, report_dir: str | Path, data_dir: str | Path, demo: bool = False, need_data: bool = True,
+             params: dict | None = None) -> StudyNotebook:
+        """The context of a notebook run with papermill (or by hand with the values of its parameters
+        cell): its typed parameters (``nb.params``), report folder, processed data and results store.
+
+        ``params``: the flat study parameters; by default those the notebook's parameters cell declared,
+        read once from the notebook's namespace by their names in ``params/default.yaml`` (papermill's
+        injected cell, which follows the parameters cell, has overridden them by then), so that a
+        notebook lists its parameters once. Shows the DEMO banner on demo data; ``need_data`` prints
+        what data it reads."""
+        typed = StudyParams.from_flat(declared_parameters() if params is None else params, partial=True)
+        demo = bool(demo or (typed.data is not None and typed.data.data_source == "demo"))
         report_dir = Path(report_dir)
         report_dir.mkdir(parents=True, exist_ok=True)
         # this run's data, after checking manifest / splits / carried results against its hashes;
         # 00_download (need_data=False) makes the data and gets its store from prepare_data
         store = (open_run_data(report_dir, data_dir) if need_data
                  else ProcessedData(Path(data_dir) / "processed" / ("demo" if demo else "busi")))
-        nb = cls(report_dir=report_dir, store=store, demo=demo, figure_dpi=figure_dpi)
+        nb = cls(report_dir=report_dir, store=store, params=typed, demo=demo)
         if demo:
             nb.banner()
         if need_data:

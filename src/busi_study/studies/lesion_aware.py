@@ -58,7 +58,7 @@ def candidate_recipes(s1: S1Params, s0: S0Params, models: ModelParams, augment) 
             crop_size=s1.hires_size if kind == "two_stream_hires" else s0.input_size,
             train=base.train if base else head_train, dropout=s0.dropout, attention_weight=s1.attention_weight,
             backbone_kwargs=base.backbone_kwargs if base else backbone_kwargs(backbone, models.mobilenet_alpha),
-            weights=models.weights, finetune_from=base))
+            weights=models.weights, preprocessing="none", finetune_from=base))
     return out
 
 

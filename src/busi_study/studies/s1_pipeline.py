@@ -48,7 +48,7 @@ from .model_run import ModelRun, check_weights, data_hashes, final_epochs, model
 
 
 # ---------------------------------------------------------------- recipes
-def segmenter_recipe(s1: S1Params, models: ModelParams, preprocessing: str = "none") -> SegmenterRecipe:
+def segmenter_recipe(s1: S1Params, models: ModelParams, preprocessing: str) -> SegmenterRecipe:
     seg = s1.seg
     if seg.input_size % 32:
         raise ParameterError(f"s1_seg_input_size must be a multiple of 32 (the encoder's output stride), got "
@@ -73,15 +73,15 @@ def crop_recipe(s1: S1Params, s0: S0Params, models: ModelParams, augment, backbo
         train=train_config(s0.head, models.class_weight), source_study="S1", backbone=backbone,
         backbone_kwargs=backbone_kwargs(backbone, models.mobilenet_alpha), weights=models.weights, head="gap",
         head_dropout=s0.dropout, finetune=train_config(s0.finetune, models.class_weight), unfreeze_blocks=blocks,
-        n_views=models.n_views, augment=augment_config(augment))
+        n_views=models.n_views, augment=augment_config(augment), preprocessing="none")
 
 
-def margin_proxy(s1: S1Params, models: ModelParams, augment, backbone: str, input_size: int) -> Recipe:
+def margin_proxy(s1: S1Params, s0: S0Params, models: ModelParams, augment, backbone: str, input_size: int) -> Recipe:
     """The cheap head the crop margin is chosen with: GAP head on the frozen backbone, one view."""
     return Recipe(name="s1_margin_proxy", kind="frozen_head", input_size=input_size,
                   train=train_config(s1.head, models.class_weight), source_study="S1", backbone=backbone,
                   backbone_kwargs=backbone_kwargs(backbone, models.mobilenet_alpha), weights=models.weights,
-                  head="gap", head_dropout=0.2, n_views=1, augment=augment_config(augment))
+                  head="gap", head_dropout=s0.dropout, n_views=1, augment=augment_config(augment), preprocessing="none")
 
 
 # ---------------------------------------------------------------- enhancement ablation
@@ -199,7 +199,7 @@ def run_crop_classifier(s1: S1Params, s0: S0Params, models: ModelParams, augment
         source = CropSource(seg.experiment, seg.cv, load_originals(store, seg.recipe.preprocessing),
                             sorted(int(f) for f in splits["fold"].unique()))
         t0 = time.perf_counter()
-        margin, margins = choose_margin(margin_proxy(s1, models, augment, backbone, recipe.input_size), source, splits,
+        margin, margins = choose_margin(margin_proxy(s1, s0, models, augment, backbone, recipe.input_size), source, splits,
                                         s1.crop_margins, seed=seed, progress=progress)
         t_margin = time.perf_counter() - t0
         t0 = time.perf_counter()
