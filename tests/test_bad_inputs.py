@@ -559,6 +559,85 @@ def test_runner_refuses_a_report_mixing_data(tmp_path, fake_papermill, capsys, p
     assert not (tmp_path / "reports" / "latest").exists()
 
 
+# ================================================================ issue: no wrong number, no silent mixing
+# ---------------------------------------------------------------- 0. probabilities: the columns the model has
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory) -> Path:
+    """A binary (one sigmoid unit: p_malignant, as the S4-style model) and a three-class Keras model, 16 px."""
+    keras = pytest.importorskip("keras")
+    d = tmp_path_factory.mktemp("models")
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(keras.layers.Rescaling(1 / 255.0)(inp)))
+    keras.Model(inp, keras.layers.Dense(1, activation="sigmoid")(x), name="s4_like").save(d / "binary.keras")
+    keras.Model(inp, keras.layers.Dense(3, activation="softmax")(x), name="three").save(d / "three.keras")
+    return d
+
+
+def test_probability_tables_with_an_empty_class_column():
+    """Normalising, temperature scaling and scoring use the classes a table has (p_normal empty: a binary model)."""
+    from busi_study.evaluation.evaluate import arrays
+    from busi_study.evaluation.external import binary_table, settings_from_validation
+
+    rng = np.random.default_rng(0)
+    pm = rng.random(40)
+    labels = np.where(rng.random(40) < 0.5, "malignant", "benign")
+    labels[:2] = ["malignant", "benign"]
+    t = pd.DataFrame({"label": labels, "group_id": np.arange(40).astype(str), "fold": 0,
+                      "p_normal": np.nan, "p_benign": 1 - pm, "p_malignant": pm})
+    y, p, _ = arrays(t)
+    assert np.isfinite(p).all() and (p[:, 0] == 0).all() and np.allclose(p[:, 2], pm)
+    s = settings_from_validation(t)
+    assert np.isfinite(s.temperature) and 0.05 < s.temperature < 20
+    table = binary_table(y, p, t["group_id"].to_numpy(), 3.0, s.thresholds, n_resamples=20).set_index("metric")
+    assert np.isfinite(table["value"]).all()
+    from sklearn.metrics import roc_auc_score
+
+    assert table.loc["auc", "value"] == pytest.approx(roc_auc_score(labels == "malignant", pm))
+    assert table.loc["auc_ratio_score", "value"] == pytest.approx(table.loc["auc", "value"])
+    # a class column empty in some rows only: not a model's table; refused, not scored
+    t.loc[3, "p_benign"] = np.nan
+    with pytest.raises(StudyError, match="p_benign"):
+        arrays(t)
+
+
+def test_fold_ensemble_mixing_a_binary_and_a_three_class_model(capsys, demo_root, tiny_models):
+    cli(capsys, ["predict", str(demo_root / "benign"), "--model", str(tiny_models / "binary.keras"),
+                 str(tiny_models / "three.keras")], "same classes", "binary")
+
+
+def test_app_refuses_a_binary_model(tiny_models, tmp_path):
+    from busi_study.app import engine
+
+    model = tmp_path / "models" / "s4.keras"
+    model.parent.mkdir()
+    shutil.copy(tiny_models / "binary.keras", model)
+    model.with_suffix(".json").write_text(json.dumps({"model": "s4", "classes": ["benign", "malignant"]}))
+    shutil.copy(tiny_models / "three.keras", model.with_name("three.keras"))
+    (tmp_path / "latest").symlink_to(tmp_path, target_is_directory=True)
+    assert [e.name for e in engine.find_models(tmp_path)] == ["three"]
+    with pytest.raises(StudyError, match="binary"):
+        engine.load(engine.entry_for(model))
+
+
+# ---------------------------------------------------------------- 1. masks and the external set in the data key
+
+
+# ---------------------------------------------------------------- 2. evaluate on real label tables
+
+
+# ---------------------------------------------------------------- 3. tracebacks left
+
+
+# ---------------------------------------------------------------- 4. confusing behaviour
+
+
+# ---------------------------------------------------------------- 5. make test offline: weight-dependent tests skip
+
+
+# ---------------------------------------------------------------- 6. the console of a run
+
+
 KINDS = [
     "data: missing path", "data: plain file", "data: not a zip", "data: zip with a corrupt member",
     "data: no class folders", "data: a missing class folder", "data: a class without usable images",

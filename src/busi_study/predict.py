@@ -144,6 +144,21 @@ class CropPipelineModel:
         return np.asarray(self.classifier.predict(x, verbose=0), np.float64)[0], mask, box, found
 
 
+#: The classes of a binary model (one sigmoid unit: p_malignant); its p_normal column stays empty.
+BINARY_CLASSES: tuple[str, ...] = ("benign", "malignant")
+
+
+def model_classes(model) -> tuple[str, ...]:
+    """The classes a loaded model gives probabilities for: the study's three, or benign and malignant
+    for a binary model (one output unit, as the S4-style model)."""
+    if isinstance(model, CropPipelineModel):
+        model = model.classifier
+    n = getattr(model, "n_outputs", None)
+    if n is None:
+        n = int(model.outputs[0].shape[-1])
+    return BINARY_CLASSES if int(n) == 1 else CLASSES
+
+
 def three_class(proba: np.ndarray) -> np.ndarray:
     """(n, 3) probabilities; a binary model's (n, 1) p_malignant becomes (NaN, 1 - p, p)."""
     proba = np.asarray(proba, dtype=np.float64)
@@ -255,6 +270,10 @@ def predict_ensemble(models: list, files: list[Path], batch_size: int = 16, mask
     if any(isinstance(m, CropPipelineModel) for m in models):
         raise StudyError("a crop pipeline (a model whose card names a segmenter) cannot be part of a fold ensemble — "
                          "give it alone")
+    kinds = {model_classes(m) for m in models}
+    if len(kinds) > 1:  # the mean of a binary model's p_benign and a three-class one's would mix two class spaces
+        raise StudyError("a fold ensemble needs models of the same classes, but these mix a binary (benign vs malignant) "
+                         "model with three-class ones — give the binary model alone")
     tables = [predict_files(m, files, batch_size) for m in models]
     out = tables[0].copy()
     cols = PROBA_COLUMNS
