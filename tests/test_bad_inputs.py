@@ -574,6 +574,56 @@ def tiny_models(tmp_path_factory) -> Path:
     return d
 
 
+def _label_table(root: Path, path: Path, image=lambda f: f.name, extra=None) -> Path:
+    """A label table of every image below ``root`` (columns Image_filename, Classification)."""
+    rows = [{"Image_filename": image(f), "Classification": c, **(extra or {})}
+            for c in ("normal", "benign", "malignant") for f in sorted((root / c).glob("*.png")) if "_mask" not in f.name]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def _evaluate(demo_root, tmp_path, model: Path, *extra: str, labels: Path | None = None) -> int:
+    labels = labels or _label_table(demo_root, tmp_path / "labels.csv")
+    return main(["evaluate", str(demo_root), "--labels", str(labels), "--model", str(model), "--out", str(tmp_path / "out"),
+                 "--resamples", "50", *extra])
+
+
+@pytest.mark.parametrize("model", ["binary", "three"])
+def test_evaluate_scores_the_written_predictions_as_scikit_learn_does(capsys, tmp_path, demo_root, tiny_models, model):
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    assert _evaluate(demo_root, tmp_path, tiny_models / f"{model}.keras") == 0
+    pred = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    task = pred[pred["in_task"]]
+    got = {r["metric"]: r for r in json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]}
+    y = (task["label"] == "malignant").to_numpy()
+    assert got["auc"]["value"] == pytest.approx(roc_auc_score(y, task["p_malignant"]), abs=1e-9)
+    ratio = task["p_malignant"] / (task["p_benign"] + task["p_malignant"])
+    if model == "binary":  # no p_normal: the task is the classes the model has, benign vs malignant
+        assert pred["p_normal"].isna().all() and set(task["label"]) == {"benign", "malignant"}
+        assert got["log_loss"]["value"] == pytest.approx(log_loss(y, task["p_malignant"]), rel=1e-6)
+    else:
+        p = task[["p_normal", "p_benign", "p_malignant"]].to_numpy()
+        assert got["log_loss"]["value"] == pytest.approx(
+            log_loss(task["label"].map({"normal": 0, "benign": 1, "malignant": 2}), p / p.sum(1, keepdims=True),
+                     labels=[0, 1, 2]), rel=1e-6)
+        ratio = ratio.where(task["label"] != "normal", task["p_malignant"] / (task["p_normal"] + task["p_benign"]
+                                                                           + task["p_malignant"]))
+    if model == "binary" or set(task["label"]) <= {"benign", "malignant"}:
+        assert got["auc_ratio_score"]["value"] == pytest.approx(roc_auc_score(y, ratio), abs=1e-9)
+    for m in ("auc_ratio_score", "log_loss", "log_loss_T", "ece", "ece_T"):
+        assert np.isfinite(got[m]["value"]) and np.isfinite(got[m]["ci_low"]), (m, got[m])
+
+
+@pytest.mark.parametrize("argv, fragment", [(["--negative", "normal", "benign"], "no p_normal"),
+                                            (["--positive", "normal", "--negative", "benign"], "no p_normal")])
+def test_evaluate_a_binary_model_on_a_class_it_does_not_have(capsys, tmp_path, demo_root, tiny_models, argv, fragment):
+    labels = _label_table(demo_root, tmp_path / "labels.csv")
+    cli(capsys, ["evaluate", str(demo_root), "--labels", str(labels), "--model", str(tiny_models / "binary.keras"),
+                 "--out", str(tmp_path / "out"), *argv], fragment, "benign", "malignant")
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
 def test_probability_tables_with_an_empty_class_column():
     """Normalising, temperature scaling and scoring use the classes a table has (p_normal empty: a binary model)."""
     from busi_study.evaluation.evaluate import arrays
@@ -624,6 +674,111 @@ def test_app_refuses_a_binary_model(tiny_models, tmp_path):
 
 
 # ---------------------------------------------------------------- 2. evaluate on real label tables
+def _write(path: Path, text: str, encoding="utf-8") -> Path:
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+@pytest.mark.parametrize("variant", ["extra_fields", "latin1", "bom_semicolon", "tab", "utf16"])
+def test_evaluate_reads_real_label_tables(tmp_path, variant):
+    from busi_study.studies.folder_evaluation import read_label_table, resolve_rows
+
+    root = tmp_path / "imgs"
+    for name in ("a.png", "b.png", "é.png", "d.png"):
+        _png(root / name, np.full((8, 8), 90, np.uint8))
+    lines = [["Image_filename", "Classification", "note"], ["a.png", "benign", "x"], ["b.png", "malignant", "y"],
+             ["é.png", "Malignant", "café"], ["d.png", "benign", ""]]
+    sep, enc = {"bom_semicolon": (";", "utf-8-sig"), "latin1": (",", "latin-1"), "tab": ("\t", "utf-8"),
+                "utf16": ("\t", "utf-16")}.get(variant, (",", "utf-8"))  # utf-16: Excel's "Unicode text" export
+    text = "\n".join(sep.join(r) for r in lines) + "\n"
+    if variant == "extra_fields":  # a comma inside an unquoted field
+        text = text.replace("b.png,malignant,y", "b.png,malignant,y, with a comma")
+    table = read_label_table(_write(tmp_path / "labels.csv", text, enc))
+    folder = resolve_rows(table, root, "Image_filename", "Classification")
+    if variant == "extra_fields":
+        assert list(folder.rows["image"]) == ["a.png", "é.png", "d.png"]
+        assert len(folder.bad) == 1 and "line 3" in folder.bad["reason"].iloc[0] and "4 fields" in folder.bad["reason"].iloc[0]
+    else:
+        assert list(folder.rows["image"]) == ["a.png", "b.png", "é.png", "d.png"] and folder.bad.empty
+        assert folder.rows.loc[2, "note"] == "café"
+
+
+@pytest.mark.parametrize("variant, fragment", [("empty", "is empty"), ("corrupt_xlsx", "not a readable Excel workbook"),
+                                               ("binary", "not a text table"), ("folder", "is a folder")])
+def test_evaluate_unreadable_label_table(capsys, tmp_path, demo_root, variant, fragment):
+    labels = tmp_path / ("labels.xlsx" if variant == "corrupt_xlsx" else "labels.csv")
+    if variant == "empty":
+        labels.write_text("\n  \n")
+    elif variant == "corrupt_xlsx":
+        labels.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 8)
+    elif variant == "binary":
+        labels.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64))
+    else:
+        labels.mkdir()
+    cli(capsys, ["evaluate", str(demo_root), "--labels", str(labels), "--model", str(tmp_path / "m.keras"),
+                 "--out", str(tmp_path / "out")], fragment)
+
+
+def test_evaluate_scores_an_image_listed_twice_once(capsys, tmp_path, demo_root, tiny_models):
+    labels = _label_table(demo_root, tmp_path / "labels.csv")
+    t = pd.read_csv(labels)
+    twice = t[t["Image_filename"].isin(["benign (1).png", "malignant (1).png"])].copy()
+    twice.loc[twice["Image_filename"] == "malignant (1).png", "Classification"] = "benign"  # two labels for one image
+    pd.concat([t, twice]).to_csv(labels, index=False)
+    assert _evaluate(demo_root, tmp_path, tiny_models / "three.keras", labels=labels) == 0
+    err = capsys.readouterr().err
+    pred = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    bad = pd.read_csv(tmp_path / "out" / "bad_rows.csv")
+    assert (pred["image"] == "benign (1).png").sum() == 1 and not (pred["image"] == "malignant (1).png").any()
+    assert bad["reason"].str.contains("listed again").sum() == 1
+    assert bad["reason"].str.contains("two labels").sum() == 2
+    assert "listed more than once" in err
+
+
+def test_evaluate_out_that_is_a_file_fails_before_predicting(capsys, monkeypatch, tmp_path, demo_root, tiny_models):
+    import busi_study.predict as pr
+
+    monkeypatch.setattr(pr, "predict_files", lambda *a, **k: pytest.fail("predicted before checking --out"))
+    out = tmp_path / "out"
+    out.write_text("the user's file\n")
+    labels = _label_table(demo_root, tmp_path / "labels.csv")
+    cli(capsys, ["evaluate", str(demo_root), "--labels", str(labels), "--model", str(tiny_models / "three.keras"),
+                 "--out", str(out)], "is a file")
+    assert out.read_text() == "the user's file\n"
+
+
+@pytest.mark.parametrize("argv, fragment", [(["--resamples", "0"], "--resamples"), (["--temperature", "0"], "--temperature"),
+                                            (["--temperature", "nan"], "--temperature"), (["--seed", "-1"], "--seed")])
+def test_evaluate_bad_numbers(capsys, tmp_path, demo_root, argv, fragment):
+    labels = _label_table(demo_root, tmp_path / "labels.csv")
+    cli(capsys, ["evaluate", str(demo_root), "--labels", str(labels), "--model", str(tmp_path / "m.keras"),
+                 "--out", str(tmp_path / "out"), *argv], fragment)
+
+
+def test_evaluate_matches_names_without_their_extension(tmp_path, demo_root):
+    from busi_study.studies.folder_evaluation import read_label_table, resolve_rows
+
+    labels = _label_table(demo_root, tmp_path / "labels.csv", image=lambda f: f.stem)
+    folder = resolve_rows(read_label_table(labels), demo_root, "Image_filename", "Classification")
+    assert folder.bad.empty and len(folder.rows) == len(pd.read_csv(labels))
+    assert all(Path(p).stem == i for p, i in zip(folder.rows["path"], folder.rows["image"]))
+    # the same stem twice (x.png and x.jpg): ambiguous, listed, never picked silently
+    root = tmp_path / "two"
+    _png(root / "a" / "x.png", np.zeros((8, 8), np.uint8))
+    _png(root / "b" / "x.png", np.zeros((8, 8), np.uint8))
+    _png(root / "y.png", np.zeros((8, 8), np.uint8))
+    _png(root / "y.bmp", np.zeros((8, 8), np.uint8))
+    t = pd.DataFrame({"Image_filename": ["x.png", "y", "b/x.png"], "Classification": ["benign", "benign", "malignant"]})
+    f = resolve_rows(t, root, "Image_filename", "Classification")
+    assert list(f.rows["image"]) == ["b/x.png"] and f.bad["reason"].str.contains("ambiguous").sum() == 2
+
+
+def test_evaluate_no_row_matches_says_how_many_with_examples(capsys, tmp_path, demo_root):
+    labels = _label_table(demo_root, tmp_path / "labels.csv", image=lambda f: f"IMG_{f.stem}")
+    n = len(pd.read_csv(labels))
+    line = cli(capsys, ["evaluate", str(demo_root), "--labels", str(labels), "--model", str(tmp_path / "m.keras"),
+                        "--out", str(tmp_path / "out")], f"none of the {n} rows", "IMG_", "--image-column")
+    assert "{}" not in line
 
 
 # ---------------------------------------------------------------- 3. tracebacks left

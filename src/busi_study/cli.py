@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -274,11 +275,27 @@ def evaluate_command(args) -> int:
     """The ``evaluate`` subcommand: one model on a labelled folder (see :mod:`busi_study.studies.folder_evaluation`)."""
     from .evaluation.external import TransferSettings
     from .predict import load_model
-    from .studies.folder_evaluation import evaluate_model, read_label_table, resolve_rows, settings_for, write_outputs
+    from .studies.folder_evaluation import (
+        check_out_folder,
+        evaluate_model,
+        read_label_table,
+        resolve_rows,
+        row_problems,
+        settings_for,
+        write_outputs,
+    )
 
     root = Path(args.folder)
     if not root.is_dir():
-        raise StudyError(f"image folder not found: {root}")
+        raise StudyError(f"image folder not found: {root} — give the folder holding the images named in --labels")
+    check_out_folder(args.out)
+    if args.resamples < 1:
+        raise StudyError(f"--resamples {args.resamples}: need at least 1 bootstrap resample — e.g. --resamples 2000")
+    if args.seed < 0:
+        raise StudyError(f"--seed {args.seed}: the bootstrap seed must be 0 or more — e.g. --seed 0")
+    if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise StudyError(f"--temperature {args.temperature}: must be a number above 0 (1 leaves the probabilities as they "
+                         "are) — e.g. --temperature 1.2, or --settings-from reports/<run>/results/<model>")
     negatives = tuple(args.negative) if args.negative else None
     settings = settings_for(args.settings_from, args.positive, negatives)
     if args.threshold or args.temperature is not None:
@@ -289,10 +306,12 @@ def evaluate_command(args) -> int:
             try:
                 thr[k.strip()] = float(v)
             except ValueError:
-                raise StudyError(f"--threshold {item}: expected NAME=NUMBER") from None
+                raise StudyError(f"--threshold {item}: expected NAME=NUMBER — e.g. --threshold spec90=0.42") from None
         settings = TransferSettings(float(args.temperature) if args.temperature is not None else base.temperature, thr,
                                     base.n_validation, base.rule + "; overridden on the command line")
     folder = resolve_rows(read_label_table(args.labels), root, args.image_column, args.label_column, args.group_column)
+    for line in row_problems(folder):
+        print(f"WARNING: {line}", file=sys.stderr)
     model, card = load_model(args.model)
     name = card.get("model", Path(args.model).stem)
     ev = evaluate_model(model, name, folder, settings, args.positive, negatives, args.resamples, args.seed)
