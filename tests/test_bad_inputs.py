@@ -671,6 +671,34 @@ def test_app_refuses_a_binary_model(tiny_models, tmp_path):
 
 
 # ---------------------------------------------------------------- 1. masks and the external set in the data key
+def test_same_images_with_other_masks_never_share_processed_data(prepared, tmp_path):
+    from busi_study.data.arrays import load_mask_array
+
+    base, root, data_a = prepared
+    other = tmp_path / "b" / "Dataset_BUSI_with_GT"
+    shutil.copytree(root, other)
+    mask = other / "benign" / "benign (3)_mask.png"
+    arr = np.asarray(Image.open(mask))
+    _png(mask, (255 - arr).astype(np.uint8))  # same images, another lesion outline
+    data_b = prepare_data(str(other), base / "data", progress=False)
+    assert data_b.summary["manifest_sha256"] == data_a.summary["manifest_sha256"]  # the images are the same
+    assert data_b.store.folder != data_a.store.folder
+    store = open_run_data(_report_with(tmp_path, data_a.summary))  # a later --only run of the first folder
+    assert store.folder == data_a.store.folder and store.raw_root() == root.resolve()
+    a, b = load_mask_array(store, 32, progress=False), load_mask_array(data_b.store, 32, progress=False)
+    assert a.shape == b.shape and not np.array_equal(a, b)  # the cache is not shared either
+    assert np.array_equal(load_mask_array(store, 32, progress=False), a)
+
+
+def test_masks_changed_after_00_are_refused(demo_copy, tmp_path):
+    data = prepare_data(str(demo_copy), tmp_path / "data", progress=False)
+    rep = _report_with(tmp_path, data.summary)
+    assert open_run_data(rep).folder == data.store.folder
+    mask = demo_copy / "malignant" / "malignant (2)_mask.png"
+    _png(mask, np.zeros_like(np.asarray(Image.open(mask))))
+    with pytest.raises(ProvenanceError, match=r"malignant \(2\)_mask\.png.*--from 00") as e:
+        open_run_data(rep)
+    assert "\n" not in str(e.value)
 
 
 # ---------------------------------------------------------------- 2. evaluate on real label tables

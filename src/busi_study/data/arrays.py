@@ -4,7 +4,7 @@
 uint8 RGB images of shape (n, size, size, 3) in manifest order. Resizing is a plain resize to
 a square (as the source studies do); ``preprocessing`` names one of S1's enhancement steps
 (:mod:`busi_study.data.enhance`), applied at the original resolution before the resize.
-``cache/arrays/masks_<size>_<manifest-hash>.npy`` holds the OR-merged lesion masks (docs/protocol.md §1;
+``cache/arrays/masks_<size>_<manifest-hash>-<masks-hash>.npy`` holds the OR-merged lesion masks (docs/protocol.md §1;
 empty for normal images) resized the same way, as uint8 0/1 (n, size, size): training targets and
 evaluation references only, never a model input.
 """
@@ -61,7 +61,8 @@ def load_mask_array(store: ProcessedData, size: int, progress: bool = True) -> n
 
     Normal images (and any image without a usable mask) get an empty mask."""
     manifest = store.read("manifest")
-    key = sha256_of(store.manifest)[:12]
+    # keyed by the masks' bytes too: two folders with the same images but other masks never share it
+    key = f"{sha256_of(store.manifest)[:12]}-{store.masks_sha256()[:12]}"
     path = store.cache_dir / "arrays" / f"masks_{size}_{key}.npy"
     if path.exists():
         arr = np.load(path)

@@ -271,6 +271,7 @@ def _summary(root: Path, table: pd.DataFrame, files: pd.DataFrame, issues: pd.Da
         "clinical_table": source,
         "clinical_xlsx_identical": bool(xlsx) and any(file_sha256(x) == CLINICAL_XLSX_SHA256 for x in xlsx),
         "reference": summarise_reference_check(check), "count_problems": problems,
+        "files_sha256": external_digest(root),
     }
 
 
