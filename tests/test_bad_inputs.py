@@ -812,6 +812,48 @@ def test_evaluate_no_row_matches_says_how_many_with_examples(capsys, tmp_path, d
 # ---------------------------------------------------------------- 3. tracebacks left
 
 
+@pytest.mark.parametrize("kind", ["two_input", "segmenter_beside", "s1_crop_name"])
+def test_crop_pipeline_classifier_without_its_card(capsys, tmp_path, demo_root, kind):
+    keras = pytest.importorskip("keras")
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inp)
+    if kind == "two_input":
+        crop = keras.Input((16, 16, 3))
+        model = keras.Model([inp, crop], keras.layers.Dense(3, activation="softmax")(
+            keras.layers.Concatenate()([x, keras.layers.GlobalAveragePooling2D()(crop)])), name="lesion_aware-two_stream")
+    else:
+        model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(x),
+                            name="s1_crop-mobilenet_v2-b2" if kind == "s1_crop_name" else "classifier")
+    path = tmp_path / "copied.keras"
+    model.save(path)
+    if kind == "segmenter_beside":
+        shutil.copy(path, tmp_path / "copied.segmenter.keras")
+    cli(capsys, ["predict", str(demo_root / "benign"), "--model", str(path)], "crop pipeline", ".json")
+
+
+def test_full_data_folder_names_the_file(monkeypatch, prepared):
+    from busi_study.data import arrays
+    from busi_study.data.store import write_json
+    from busi_study.errors import StorageError
+
+    _, _, data = prepared
+
+    def full(*a, **k):  # numpy's write fails without a file name, as on a full disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full)
+    with pytest.raises(StorageError, match=r"cannot write .*masks_24_.*\.npy: no space left") as e:
+        arrays.load_mask_array(data.store, 24, progress=False)
+    assert "\n" not in str(e.value) and str(data.store.cache_dir) in str(e.value)
+    with pytest.raises(StorageError, match=r"cannot write .*images_24_none_.*\.npy: no space left"):
+        arrays.load_image_array(data.store, 24, progress=False)
+    monkeypatch.setattr(Path, "write_text", lambda self, *a, **k: full())
+    target = data.store.folder.parent / "x" / "y.json"
+    with pytest.raises(StorageError, match="y.json: no space left"):
+        write_json({"a": 1}, target)
+    assert not list(target.parent.glob("*"))
+
+
 # ---------------------------------------------------------------- 4. confusing behaviour
 
 

@@ -94,7 +94,30 @@ def load_model(path: Path):
                                  "both files (and the .json card) together")
         seg, _ = load_model_file(seg_path)
         model = CropPipelineModel(model, seg, pipeline)
+    else:
+        _refuse_crop_classifier_without_card(model, path)
     return model, card
+
+
+def _refuse_crop_classifier_without_card(model, path: Path) -> None:
+    """A crop pipeline's classifier was trained on crops of the predicted lesion (or on the whole image
+    *and* the crop): without the card that names its segmenter it must not run on whole images."""
+    inputs = getattr(model, "inputs", None) or [None]
+    name = str(getattr(model, "name", ""))
+    results_record = path.parent / "metrics.json"  # fold models: reports/<run>/results/<name>/fold<k>.keras
+    try:
+        from_pipeline_run = results_record.exists() and bool(json.loads(results_record.read_text()).get("pipeline"))
+    except (OSError, ValueError, AttributeError):
+        from_pipeline_run = False
+    why = ("it takes two inputs (the whole image and the lesion crop)" if len(inputs) > 1 else
+           f"{path.with_name(path.stem + '.segmenter.keras').name} lies beside it" if
+           path.with_name(path.stem + ".segmenter.keras").exists() else
+           f"it is a crop classifier ({name})" if name.startswith("s1_crop") or path.stem.startswith("s1_crop") else
+           "it is a fold model of a crop pipeline (results/…/metrics.json)" if from_pipeline_run else "")
+    if why:
+        raise ModelFileError(f"{path} is the classifier of a crop pipeline ({why}) but its card {path.with_suffix('.json').name} "
+                             "(naming the segmenter) is not beside it, and it must not classify whole images — copy the "
+                             ".keras, .segmenter.keras and .json files of models/ together")
 
 
 def load_model_file(path: Path):
@@ -221,8 +244,17 @@ def predict_pipeline(model: CropPipelineModel, files: list[Path], masks_dir: Pat
         if masks_dir is not None:
             out = Path(masks_dir) / f"{f.stem}_predicted_mask.png"
             tmp = out.with_name(f".{out.stem}.tmp.png")
-            cv2.imwrite(str(tmp), mask.astype(np.uint8) * 255)
-            tmp.replace(out)
+            _, png = cv2.imencode(".png", mask.astype(np.uint8) * 255)
+            try:
+                tmp.write_bytes(png.tobytes())
+                tmp.replace(out)
+            except OSError as exc:  # a full or read-only --masks folder: one line naming the file
+                if tmp.parent.is_dir():
+                    tmp.unlink(missing_ok=True)
+                converted = from_os_error(exc, out)
+                if converted is None:
+                    raise
+                raise converted from None
             row["lesion_mask"] = str(out)
     return pd.DataFrame(rows)
 

@@ -49,10 +49,8 @@ def load_image_array(store: ProcessedData, size: int, preprocessing: str = "none
     arr = np.zeros((len(manifest), size, size, 3), dtype=np.uint8)
     for i, rel in enumerate(tqdm(list(manifest["path"]), desc=f"decoding images at {size}px", disable=not progress, mininterval=2)):
         arr[i] = _prepare(read_rgb(Path(root) / rel), size, preprocessing)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npy")
-    np.save(tmp, arr)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:  # a full disk: one line naming the cache file
+        np.save(tmp, arr)
     return arr
 
 
@@ -76,7 +74,6 @@ def load_mask_array(store: ProcessedData, size: int, progress: bool = True) -> n
         if paths:
             h, w = read_rgb(root / row.path).shape[:2]
             arr[i] = resize_mask(merged_mask(paths, (h, w)), size)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         np.save(tmp, arr)
     return arr

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..errors import WRITE_ERRNOS, from_os_error
+
 
 @dataclass(frozen=True)
 class ProcessedData:
@@ -152,19 +154,27 @@ def data_key(manifest_sha256: str, params: dict) -> str:
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix); on success it replaces ``path``.
 
-    Every writer of report files goes through this (or ``write_json`` / ``write_csv``), so a file
-    is never rewritten in place: a report that hard-links files of an earlier run (``--only``)
-    can replace them without changing the earlier run.
+    Every writer of report files and caches goes through this (or ``write_json`` / ``write_csv``), so a
+    file is never rewritten in place: a report that hard-links files of an earlier run (``--only``)
+    can replace them without changing the earlier run. A full, read-only or forbidden disk ends in a
+    one-line :class:`~busi_study.errors.StorageError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:  # a full or read-only disk: one line naming the file (the OS often names none)
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        raise from_os_error(exc, path) from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            if tmp.exists():
+                tmp.unlink()
+        except OSError:
+            pass
 
 
 def write_text(text: str, path: Path | str) -> None:
