@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -701,6 +702,29 @@ def test_masks_changed_after_00_are_refused(demo_copy, tmp_path):
     assert "\n" not in str(e.value)
 
 
+def test_changed_external_set_is_not_carried_over(tmp_path, fake_papermill, capsys):
+    from busi_study.data.breast import scan_external
+    from busi_study.data.breast_demo import make_demo_external
+
+    ext = make_demo_external(tmp_path / "ext")
+
+    def external(report_dir):  # what notebook 08 records
+        (report_dir / "external_summary.json").write_text(json.dumps({"data": scan_external(ext, progress=False).summary}))
+
+    fake_papermill["08_external_validation"] = external
+    assert _run(tmp_path, "--external", str(ext)) == 0
+    fake_papermill.pop("08_external_validation")
+    assert _run(tmp_path, "--only", "02", "--external", str(ext)) == 0  # unchanged: carried over
+    capsys.readouterr()
+    mask = next(ext.glob("case*_tumor.png"))
+    _png(mask, np.zeros_like(np.asarray(Image.open(mask))))
+    before = digest(tmp_path / "reports")
+    cli(capsys, ["--demo", "--profile", "smoke", "--no-progress", "--reports-dir", str(tmp_path / "reports"),
+                 "--data-dir", str(tmp_path / "data"), "--only", "02", "--external", str(ext)],
+        "changed", "08", entry=run_all_main)
+    assert digest(tmp_path / "reports") == before
+
+
 # ---------------------------------------------------------------- 2. evaluate on real label tables
 def _write(path: Path, text: str, encoding="utf-8") -> Path:
     path.write_bytes(text.encode(encoding))
@@ -810,6 +834,16 @@ def test_evaluate_no_row_matches_says_how_many_with_examples(capsys, tmp_path, d
 
 
 # ---------------------------------------------------------------- 3. tracebacks left
+@pytest.mark.parametrize("option", ["--reports-dir", "--data-dir"])
+def test_output_folder_that_is_a_file(capsys, tmp_path, option):
+    f = tmp_path / "afile"
+    f.write_text("mine\n")
+    cli(capsys, ["--demo", "--only", "00", option, str(f)] + (["--reports-dir", str(tmp_path / "r")] if option != "--reports-dir"
+                                                              else ["--data-dir", str(tmp_path / "d")]),
+        "is a file", str(f), entry=run_all_main)
+    assert f.read_text() == "mine\n"
+    if option == "--data-dir":
+        cli(capsys, ["check-data", "demo", "--data-dir", str(f)], "is a file")
 
 
 @pytest.mark.parametrize("kind", ["two_input", "segmenter_beside", "s1_crop_name"])
@@ -854,13 +888,154 @@ def test_full_data_folder_names_the_file(monkeypatch, prepared):
     assert not list(target.parent.glob("*"))
 
 
+def test_reports_folder_full_at_the_end_of_a_run(capsys, monkeypatch, tmp_path, fake_papermill):
+    real = Path.write_text
+
+    def full(self, *a, **k):  # the disk fills up when the runner writes run.json (the OS names no file)
+        if self.name.startswith(".run.") and self.suffix == ".json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    cli(capsys, ["--demo", "--profile", "smoke", "--no-progress", "--reports-dir", str(tmp_path / "reports"),
+                 "--data-dir", str(tmp_path / "data")], "run.json", "no space left", entry=run_all_main)
+    runs = [p for p in (tmp_path / "reports").iterdir() if p.name != "latest"]
+    assert len(runs) == 1 and not (runs[0] / "RUNNING").exists() and not (runs[0] / "COMPLETE.json").exists()
+    assert not (tmp_path / "reports" / "latest").exists()
+
+
 # ---------------------------------------------------------------- 4. confusing behaviour
+@pytest.mark.parametrize("what", ["empty_folder", "busi", "a_file"])
+def test_external_that_is_not_the_external_set(capsys, tmp_path, demo_root, fake_papermill, what):
+    ext = {"empty_folder": tmp_path / "empty", "busi": demo_root, "a_file": tmp_path / "notes.txt"}[what]
+    if what == "empty_folder":
+        ext.mkdir()
+    elif what == "a_file":
+        ext.write_text("x")
+    cli(capsys, ["--demo", "--profile", "smoke", "--reports-dir", str(tmp_path / "reports"), "--data-dir", str(tmp_path / "d"),
+                 "--external", str(ext)], "--external", entry=run_all_main)
+    assert not (tmp_path / "reports").exists() or not list((tmp_path / "reports").iterdir())
+
+
+def test_only_runs_after_an_external_run_build_on_it(tmp_path, fake_papermill, capsys):
+    from busi_study.data.breast_demo import make_demo_external
+
+    ext = make_demo_external(tmp_path / "ext")
+    assert _run(tmp_path) == 0
+    assert _run(tmp_path, "--only", "08", "--external", str(ext)) == 0
+    capsys.readouterr()
+    assert _run(tmp_path, "--only", "02") == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert str(ext) in out  # says it keeps the external set of the run it builds on
+    meta = json.loads(((tmp_path / "reports" / "latest") / "run.json").read_text())
+    assert meta["params"]["external_data"] == str(ext.resolve())
+
+
+def test_a_parameter_given_differently_names_its_option(tmp_path, fake_papermill, capsys):
+    assert _run(tmp_path) == 0
+    capsys.readouterr()
+    line = cli(capsys, ["--demo", "--profile", "smoke", "--no-progress", "--reports-dir", str(tmp_path / "reports"),
+                        "--data-dir", str(tmp_path / "data"), "--only", "02", "--seed", "7"], "--seed", entry=run_all_main)
+    assert "--set" not in line
+
+
+@pytest.mark.parametrize("setting", ["s3_backbones=5", "gradcam_method=3", "s1_crop_margins=[a, b]", "external_gallery=many"])
+def test_wrong_type_for_a_notebook_parameter_fails_before_any_notebook(capsys, tmp_path, fake_papermill, setting):
+    fake_papermill["00_download"] = RuntimeError("a notebook ran")
+    cli(capsys, ["--demo", "--profile", "smoke", "--reports-dir", str(tmp_path / "reports"), "--data-dir", str(tmp_path / "d"),
+                 "--set", setting], setting.split("=")[0], entry=run_all_main)
+    assert not (tmp_path / "reports").exists() or not list((tmp_path / "reports").iterdir())
+
+
+@pytest.mark.parametrize("setting", ["phash_threshold=-5", "val_fraction=1.5", "s2_epochs=0", "s0_dropout=1",
+                                     "n_splits=1", "bootstrap_resamples=0", "s3_learning_rate=-0.1", "s1_crop_margins=[0.1, -1]",
+                                     "s1_seg_threshold=0", "figure_dpi=0"])
+def test_out_of_range_parameter(capsys, tmp_path, setting):
+    key = setting.split("=")[0]
+    cli(capsys, ["--profile", "smoke", "--set", setting, "--list"], key, entry=run_all_main)
+    cli(capsys, ["check-data", "demo", "--data-dir", str(tmp_path / "d"), "--profile", _profile_with(tmp_path, setting)], key)
+
+
+def _profile_with(tmp_path: Path, setting: str) -> str:
+    key, value = setting.split("=", 1)
+    p = tmp_path / "mine.yaml"
+    p.write_text(f"inherits: smoke\n{key}: {value}\n")
+    return str(p)
+
+
+@pytest.mark.parametrize("option", ["--data", "--external", "--reports-dir", "--data-dir"])
+def test_empty_path_option(capsys, tmp_path, option):
+    cli(capsys, ["--profile", "smoke", option, "", *(["--reports-dir", str(tmp_path / "r")] if option != "--reports-dir" else [])],
+        option, "empty", entry=run_all_main)
+
+
+@pytest.mark.parametrize("argv", [["predict", "IMG", "--model", "M", "--out", ""],
+                                  ["evaluate", "IMG", "--labels", "L", "--model", "M", "--out="],
+                                  ["check-data", "demo", "--data-dir", ""]])
+def test_empty_path_option_of_the_tools(capsys, tmp_path, demo_root, monkeypatch, argv):
+    monkeypatch.chdir(tmp_path)
+    before = digest(tmp_path)
+    cli(capsys, [str(demo_root) if a == "IMG" else a for a in argv], "is empty")
+    assert digest(tmp_path) == before  # nothing written to the current folder
+
+
+def test_clean_failed_in_a_read_only_folder(capsys, monkeypatch, tmp_path, fake_papermill):
+    fake_papermill["00_download"] = RuntimeError("boom")
+    assert _run(tmp_path) == 1
+    bad = runner.failed_runs(tmp_path / "reports")[0]
+
+    def ro(path, *a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(Path(path) / "FAILED.txt"))
+
+    monkeypatch.setattr(runner.shutil, "rmtree", ro)
+    capsys.readouterr()
+    line = cli(capsys, ["--clean-failed", "--reports-dir", str(tmp_path / "reports")], "cannot remove", bad.name,
+               entry=run_all_main)
+    assert "write" not in line and bad.exists()
+
+
+def test_failed_line_names_what_latest_points_to(capsys, tmp_path, fake_papermill):
+    assert _run(tmp_path) == 0  # smoke
+    smoke = (tmp_path / "reports" / "latest").resolve()
+    assert run_all_main(["--demo", "--profile", "default", "--no-progress", "--reports-dir", str(tmp_path / "reports"),
+                         "--data-dir", str(tmp_path / "data")]) == 0
+    newest = (tmp_path / "reports" / "latest").resolve()
+    assert newest != smoke
+    fake_papermill["01_eda_intensity"] = RuntimeError("boom")
+    capsys.readouterr()
+    assert _run(tmp_path, "--only", "01") == 1  # builds on the smoke run; latest is the default run
+    err = capsys.readouterr().err
+    assert f"-> {newest.name}" in err and f"-> {smoke.name}" not in err
+
+
+def test_app_with_a_missing_model_starts_no_server(capsys, monkeypatch, tmp_path):
+    from busi_study.app import server
+
+    monkeypatch.setattr(server.subprocess, "call", lambda *a, **k: pytest.fail("a server was started"))
+    cli(capsys, ["--model", str(tmp_path / "nope.keras")], "model file not found", entry=server.main)
 
 
 # ---------------------------------------------------------------- 5. make test offline: weight-dependent tests skip
 
 
 # ---------------------------------------------------------------- 6. the console of a run
+def test_kernel_noise_goes_to_the_run_log(capfd, tmp_path, fake_papermill):
+    import subprocess
+    import sys
+
+    def noisy(report_dir):  # what a kernel and TensorFlow print on the inherited stderr
+        os.write(2, b"[IPKernelApp] WARNING | Kernel is running over TCP without encryption.\n")
+        subprocess.run([sys.executable, "-c", "import sys; sys.stderr.write('E0000 00:00 node_def_util.cc:680] "
+                        "use_unbounded_threadpool\\n'); print('I0000 oneDNN custom operations are on')"], check=True)
+
+    fake_papermill["01_eda_intensity"] = noisy
+    assert _run(tmp_path) == 0
+    out, err = capfd.readouterr()
+    for noise in ("without encryption", "node_def_util", "oneDNN"):
+        assert noise not in out and noise not in err
+    assert "01_eda_intensity …" in out and "done in" in out
+    log = (tmp_path / "reports" / "latest" / "logs" / "01_eda_intensity.log").read_text()
+    assert "without encryption" in log and "node_def_util" in log and "oneDNN" in log
 
 
 KINDS = [
