@@ -1016,6 +1016,18 @@ def test_app_with_a_missing_model_starts_no_server(capsys, monkeypatch, tmp_path
 
 
 # ---------------------------------------------------------------- 5. make test offline: weight-dependent tests skip
+@pytest.mark.parametrize("name", ["test_crop_cv_uses_each_folds_own_crops",
+                                  "test_attention_candidate_learns_its_map_from_the_masks"])
+def test_weight_dependent_tests_skip_without_the_weight_cache(monkeypatch, name):
+    pytest.importorskip("keras")
+    from busi_study.models import registry
+    from tests import test_lesion_pipeline as tl
+
+    monkeypatch.setattr(registry, "weights_available", lambda *a, **k: (False, "not in the Keras cache (offline)"))
+    fn = getattr(tl, name)
+    args = {p: None for p in fn.__code__.co_varnames[: fn.__code__.co_argcount]}
+    with pytest.raises(pytest.skip.Exception, match="ImageNet"):
+        fn(**args)
 
 
 # ---------------------------------------------------------------- 6. the console of a run
@@ -1052,11 +1064,27 @@ KINDS = [
     "runner: --only links, earlier run unchanged", "runner: --clean-failed", "provenance: report without data",
     "provenance: two datasets", "provenance: changed splits", "provenance: results of other splits",
     "provenance: --only 00 with new splits beside old results", "runner: legacy runs kept by --clean-failed",
+    # no wrong number, no silent mixing
+    "probabilities: evaluate's metrics = scikit-learn's on its predictions (binary, three-class)",
+    "probabilities: a binary model asked about a class it lacks", "probabilities: a table with an empty class column",
+    "probabilities: the app and a binary model",
+    "data key: same images, other masks", "provenance: masks changed after 00", "provenance: external set changed under a carried 08",
+    "labels: extra fields, Latin-1, BOM + semicolons, tabs", "labels: empty, corrupt xlsx, binary, a folder",
+    "labels: an image listed twice or with two labels", "evaluate: --out is a file", "evaluate: --resamples/--temperature/--seed",
+    "labels: names without their extension, ambiguous names", "labels: no row matches",
+    "fs: --reports-dir / --data-dir is a file", "predict: crop classifier without its card", "fs: full data folder (caches, json)",
+    "fs: reports folder full at the end of a run", "param: --external not the external set",
+    "runner: --only after an --external run", "runner: a parameter given differently names its option",
+    "param: wrong type for a notebook parameter", "param: out of range", "param: empty path option",
+    "runner: --clean-failed on a read-only folder", "runner: FAILED line names latest's target", "app: missing --model",
+    "tests: weight-dependent tests skip offline", "console: kernel noise in the run's log",
+    "predict: fold ensemble mixing a binary and a three-class model", "labels: UTF-16 (Excel's Unicode text)",
+    "param: empty path option of predict / evaluate / check-data",
 ]
 
 
 def test_at_least_25_kinds():
-    assert len(KINDS) >= 25
+    assert len(KINDS) >= 25 + 32
 
 
 def test_runner_environment_for_deterministic_kernels_respects_user_values():

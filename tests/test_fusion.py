@@ -51,7 +51,7 @@ def test_models_on_other_splits_are_refused():
 def test_late_fusion_with_s0_reads_the_runs_results_and_says_why_it_cannot_run(tmp_path):
     from busi_study.params import BootstrapParams
     from busi_study.results import ResultsStore
-    from busi_study.studies.s1_pipeline import late_fusion_with_s0
+    from busi_study.studies.lesion_aware import late_fusion_with_s0
 
     rng = np.random.default_rng(3)
     y_val, y_oof = rng.integers(0, 3, 200), rng.integers(0, 3, 300)

@@ -53,7 +53,8 @@ class ModelInputs:
             if self._whole is None:
                 self._whole = load_image_array(self.store, self.size, progress=False)
             return self._whole
-        from ..models.crops import BOX_COLUMNS, crop, load_originals
+        from ..data.arrays import load_originals
+        from ..models.crops import BOX_COLUMNS, crop
 
         if self._originals is None:
             self._originals = load_originals(self.store)
