@@ -436,7 +436,8 @@ def kernel_output_to(log: Path):
     except OSError:  # no console descriptors (a daemon): nothing to keep apart
         yield sys.stderr
         return
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    log.unlink(missing_ok=True)  # a new file: never append to a log hard-linked from the run this one builds on
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     console = os.fdopen(os.dup(saved[1]), "w", buffering=1, encoding="utf-8", errors="replace")
     try:
         os.dup2(fd, 1)
