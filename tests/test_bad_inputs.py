@@ -888,6 +888,16 @@ def test_full_data_folder_names_the_file(monkeypatch, prepared):
     assert not list(target.parent.glob("*"))
 
 
+def test_full_data_folder_while_making_the_demo_data(capsys, monkeypatch, tmp_path):
+    from PIL import Image as PILImage
+
+    def full(self, fp, *a, **k):  # PIL's write fails without a file name, as on a full disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PILImage.Image, "save", full)
+    cli(capsys, ["check-data", "demo", "--data-dir", str(tmp_path / "d")], "no space left", ".png", str(tmp_path / "d"))
+
+
 def test_reports_folder_full_at_the_end_of_a_run(capsys, monkeypatch, tmp_path, fake_papermill):
     real = Path.write_text
 
@@ -1079,12 +1089,12 @@ KINDS = [
     "runner: --clean-failed on a read-only folder", "runner: FAILED line names latest's target", "app: missing --model",
     "tests: weight-dependent tests skip offline", "console: kernel noise in the run's log",
     "predict: fold ensemble mixing a binary and a three-class model", "labels: UTF-16 (Excel's Unicode text)",
-    "param: empty path option of predict / evaluate / check-data",
+    "param: empty path option of predict / evaluate / check-data", "fs: full data folder while making the demo data",
 ]
 
 
 def test_at_least_25_kinds():
-    assert len(KINDS) >= 25 + 32
+    assert len(KINDS) >= 25 + 33
 
 
 def test_runner_environment_for_deterministic_kernels_respects_user_values():
