@@ -927,6 +927,17 @@ def test_external_that_is_not_the_external_set(capsys, tmp_path, demo_root, fake
     assert not (tmp_path / "reports").exists() or not list((tmp_path / "reports").iterdir())
 
 
+def test_console_says_when_the_external_validation_skipped(tmp_path, fake_papermill, capsys):
+    def skipped(report_dir):  # what notebook 08 writes without external data
+        (report_dir / "external_summary.json").write_text(json.dumps(
+            {"skipped": "no external data given. Get BrEaST-Lesions_USG from TCIA …"}))
+
+    fake_papermill["08_external_validation"] = skipped
+    assert _run(tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "external validation skipped: no external data given (run_all.py --external PATH" in out
+
+
 def test_only_runs_after_an_external_run_build_on_it(tmp_path, fake_papermill, capsys):
     from busi_study.data.breast_demo import make_demo_external
 
@@ -1090,11 +1101,12 @@ KINDS = [
     "tests: weight-dependent tests skip offline", "console: kernel noise in the run's log",
     "predict: fold ensemble mixing a binary and a three-class model", "labels: UTF-16 (Excel's Unicode text)",
     "param: empty path option of predict / evaluate / check-data", "fs: full data folder while making the demo data",
+    "console: a skipped external validation says so",
 ]
 
 
 def test_at_least_25_kinds():
-    assert len(KINDS) >= 25 + 33
+    assert len(KINDS) >= 25 + 34
 
 
 def test_runner_environment_for_deterministic_kernels_respects_user_values():

@@ -400,6 +400,17 @@ def _data_lines(run_dir: Path) -> list[str]:
     return lines
 
 
+def _external_lines(run_dir: Path) -> list[str]:
+    """Why notebook 08 skipped the external validation (its first sentence), for the console."""
+    try:
+        skipped = json.loads((run_dir / "external_summary.json").read_text()).get("skipped")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not skipped:
+        return []
+    return [f"external validation skipped: {str(skipped).split('. ')[0]} (run_all.py --external PATH; see the notebook)"]
+
+
 def _mkdir(path: Path, option: str = "--reports-dir") -> None:
     check_folder_path(path, option)
     try:
@@ -612,6 +623,9 @@ def run_study(cfg: RunConfig) -> int:
                 _say(f"    done in {wall:.1f} s")
                 if nb.stem.startswith("00_"):  # the data check, on the console as well as on the front page
                     for line in _data_lines(run_dir):
+                        _say(f"    {line}")
+                if nb.stem.startswith("08_"):  # a skipped external validation, on the console as well
+                    for line in _external_lines(run_dir):
                         _say(f"    {line}")
         except KeyboardInterrupt:  # between notebooks
             interrupted = True
