@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -559,6 +560,517 @@ def test_runner_refuses_a_report_mixing_data(tmp_path, fake_papermill, capsys, p
     assert not (tmp_path / "reports" / "latest").exists()
 
 
+# ================================================================ issue: no wrong number, no silent mixing
+# ---------------------------------------------------------------- 0. probabilities: the columns the model has
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory) -> Path:
+    """A binary (one sigmoid unit: p_malignant, as the S4-style model) and a three-class Keras model, 16 px."""
+    keras = pytest.importorskip("keras")
+    d = tmp_path_factory.mktemp("models")
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(keras.layers.Rescaling(1 / 255.0)(inp)))
+    keras.Model(inp, keras.layers.Dense(1, activation="sigmoid")(x), name="s4_like").save(d / "binary.keras")
+    keras.Model(inp, keras.layers.Dense(3, activation="softmax")(x), name="three").save(d / "three.keras")
+    return d
+
+
+def _label_table(root: Path, path: Path, image=lambda f: f.name, extra=None) -> Path:
+    """A label table of every image below ``root`` (columns Image_filename, Classification)."""
+    rows = [{"Image_filename": image(f), "Classification": c, **(extra or {})}
+            for c in ("normal", "benign", "malignant") for f in sorted((root / c).glob("*.png")) if "_mask" not in f.name]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def _evaluate(demo_root, tmp_path, model: Path, *extra: str, labels: Path | None = None) -> int:
+    labels = labels or _label_table(demo_root, tmp_path / "labels.csv")
+    return main(["evaluate", str(demo_root), "--labels", str(labels), "--model", str(model), "--out", str(tmp_path / "out"),
+                 "--resamples", "50", *extra])
+
+
+@pytest.mark.parametrize("model", ["binary", "three"])
+def test_evaluate_scores_the_written_predictions_as_scikit_learn_does(capsys, tmp_path, demo_root, tiny_models, model):
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    assert _evaluate(demo_root, tmp_path, tiny_models / f"{model}.keras") == 0
+    pred = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    task = pred[pred["in_task"]]
+    got = {r["metric"]: r for r in json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]}
+    y = (task["label"] == "malignant").to_numpy()
+    assert got["auc"]["value"] == pytest.approx(roc_auc_score(y, task["p_malignant"]), abs=1e-9)
+    ratio = task["p_malignant"] / (task["p_benign"] + task["p_malignant"])
+    if model == "binary":  # no p_normal: the task is the classes the model has, benign vs malignant
+        assert pred["p_normal"].isna().all() and set(task["label"]) == {"benign", "malignant"}
+        assert got["log_loss"]["value"] == pytest.approx(log_loss(y, task["p_malignant"]), rel=1e-6)
+    else:
+        p = task[["p_normal", "p_benign", "p_malignant"]].to_numpy()
+        assert got["log_loss"]["value"] == pytest.approx(
+            log_loss(task["label"].map({"normal": 0, "benign": 1, "malignant": 2}), p / p.sum(1, keepdims=True),
+                     labels=[0, 1, 2]), rel=1e-6)
+        ratio = ratio.where(task["label"] != "normal", task["p_malignant"] / (task["p_normal"] + task["p_benign"]
+                                                                           + task["p_malignant"]))
+    if model == "binary" or set(task["label"]) <= {"benign", "malignant"}:
+        assert got["auc_ratio_score"]["value"] == pytest.approx(roc_auc_score(y, ratio), abs=1e-9)
+    for m in ("auc_ratio_score", "log_loss", "log_loss_T", "ece", "ece_T"):
+        assert np.isfinite(got[m]["value"]) and np.isfinite(got[m]["ci_low"]), (m, got[m])
+
+
+@pytest.mark.parametrize("argv, fragment", [(["--negative", "normal", "benign"], "no p_normal"),
+                                            (["--positive", "normal", "--negative", "benign"], "no p_normal")])
+def test_evaluate_a_binary_model_on_a_class_it_does_not_have(capsys, tmp_path, demo_root, tiny_models, argv, fragment):
+    labels = _label_table(demo_root, tmp_path / "labels.csv")
+    cli(capsys, ["evaluate", str(demo_root), "--labels", str(labels), "--model", str(tiny_models / "binary.keras"),
+                 "--out", str(tmp_path / "out"), *argv], fragment, "benign", "malignant")
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_probability_tables_with_an_empty_class_column():
+    """Normalising, temperature scaling and scoring use the classes a table has (p_normal empty: a binary model)."""
+    from busi_study.evaluation.evaluate import arrays
+    from busi_study.evaluation.external import binary_table, settings_from_validation
+
+    rng = np.random.default_rng(0)
+    pm = rng.random(40)
+    labels = np.where(rng.random(40) < 0.5, "malignant", "benign")
+    labels[:2] = ["malignant", "benign"]
+    t = pd.DataFrame({"label": labels, "group_id": np.arange(40).astype(str), "fold": 0,
+                      "p_normal": np.nan, "p_benign": 1 - pm, "p_malignant": pm})
+    y, p, _ = arrays(t)
+    assert np.isfinite(p).all() and (p[:, 0] == 0).all() and np.allclose(p[:, 2], pm)
+    s = settings_from_validation(t)
+    assert np.isfinite(s.temperature) and 0.05 < s.temperature < 20
+    table = binary_table(y, p, t["group_id"].to_numpy(), 3.0, s.thresholds, n_resamples=20).set_index("metric")
+    assert np.isfinite(table["value"]).all()
+    from sklearn.metrics import roc_auc_score
+
+    assert table.loc["auc", "value"] == pytest.approx(roc_auc_score(labels == "malignant", pm))
+    assert table.loc["auc_ratio_score", "value"] == pytest.approx(table.loc["auc", "value"])
+    # a class column empty in some rows only: not a model's table; refused, not scored
+    t.loc[3, "p_benign"] = np.nan
+    with pytest.raises(StudyError, match="p_benign"):
+        arrays(t)
+
+
+def test_fold_ensemble_mixing_a_binary_and_a_three_class_model(capsys, demo_root, tiny_models):
+    cli(capsys, ["predict", str(demo_root / "benign"), "--model", str(tiny_models / "binary.keras"),
+                 str(tiny_models / "three.keras")], "same classes", "binary")
+
+
+def test_app_refuses_a_binary_model(tiny_models, tmp_path):
+    from busi_study.app import engine
+
+    model = tmp_path / "models" / "s4.keras"
+    model.parent.mkdir()
+    shutil.copy(tiny_models / "binary.keras", model)
+    model.with_suffix(".json").write_text(json.dumps({"model": "s4", "classes": ["benign", "malignant"]}))
+    shutil.copy(tiny_models / "three.keras", model.with_name("three.keras"))
+    (tmp_path / "latest").symlink_to(tmp_path, target_is_directory=True)
+    assert [e.name for e in engine.find_models(tmp_path)] == ["three"]
+    with pytest.raises(StudyError, match="binary"):
+        engine.load(engine.entry_for(model))
+
+
+# ---------------------------------------------------------------- 1. masks and the external set in the data key
+def test_same_images_with_other_masks_never_share_processed_data(prepared, tmp_path):
+    from busi_study.data.arrays import load_mask_array
+
+    base, root, data_a = prepared
+    other = tmp_path / "b" / "Dataset_BUSI_with_GT"
+    shutil.copytree(root, other)
+    mask = other / "benign" / "benign (3)_mask.png"
+    arr = np.asarray(Image.open(mask))
+    _png(mask, (255 - arr).astype(np.uint8))  # same images, another lesion outline
+    data_b = prepare_data(str(other), base / "data", progress=False)
+    assert data_b.summary["manifest_sha256"] == data_a.summary["manifest_sha256"]  # the images are the same
+    assert data_b.store.folder != data_a.store.folder
+    store = open_run_data(_report_with(tmp_path, data_a.summary))  # a later --only run of the first folder
+    assert store.folder == data_a.store.folder and store.raw_root() == root.resolve()
+    a, b = load_mask_array(store, 32, progress=False), load_mask_array(data_b.store, 32, progress=False)
+    assert a.shape == b.shape and not np.array_equal(a, b)  # the cache is not shared either
+    assert np.array_equal(load_mask_array(store, 32, progress=False), a)
+
+
+def test_masks_changed_after_00_are_refused(demo_copy, tmp_path):
+    data = prepare_data(str(demo_copy), tmp_path / "data", progress=False)
+    rep = _report_with(tmp_path, data.summary)
+    assert open_run_data(rep).folder == data.store.folder
+    mask = demo_copy / "malignant" / "malignant (2)_mask.png"
+    _png(mask, np.zeros_like(np.asarray(Image.open(mask))))
+    with pytest.raises(ProvenanceError, match=r"malignant \(2\)_mask\.png.*--from 00") as e:
+        open_run_data(rep)
+    assert "\n" not in str(e.value)
+
+
+def test_changed_external_set_is_not_carried_over(tmp_path, fake_papermill, capsys):
+    from busi_study.data.breast import scan_external
+    from busi_study.data.breast_demo import make_demo_external
+
+    ext = make_demo_external(tmp_path / "ext")
+
+    def external(report_dir):  # what notebook 08 records
+        (report_dir / "external_summary.json").write_text(json.dumps({"data": scan_external(ext, progress=False).summary}))
+
+    fake_papermill["08_external_validation"] = external
+    assert _run(tmp_path, "--external", str(ext)) == 0
+    fake_papermill.pop("08_external_validation")
+    assert _run(tmp_path, "--only", "02", "--external", str(ext)) == 0  # unchanged: carried over
+    capsys.readouterr()
+    mask = next(ext.glob("case*_tumor.png"))
+    _png(mask, np.zeros_like(np.asarray(Image.open(mask))))
+    before = digest(tmp_path / "reports")
+    cli(capsys, ["--demo", "--profile", "smoke", "--no-progress", "--reports-dir", str(tmp_path / "reports"),
+                 "--data-dir", str(tmp_path / "data"), "--only", "02", "--external", str(ext)],
+        "changed", "08", entry=run_all_main)
+    assert digest(tmp_path / "reports") == before
+
+
+# ---------------------------------------------------------------- 2. evaluate on real label tables
+def _write(path: Path, text: str, encoding="utf-8") -> Path:
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+@pytest.mark.parametrize("variant", ["extra_fields", "latin1", "bom_semicolon", "tab", "utf16"])
+def test_evaluate_reads_real_label_tables(tmp_path, variant):
+    from busi_study.studies.folder_evaluation import read_label_table, resolve_rows
+
+    root = tmp_path / "imgs"
+    for name in ("a.png", "b.png", "é.png", "d.png"):
+        _png(root / name, np.full((8, 8), 90, np.uint8))
+    lines = [["Image_filename", "Classification", "note"], ["a.png", "benign", "x"], ["b.png", "malignant", "y"],
+             ["é.png", "Malignant", "café"], ["d.png", "benign", ""]]
+    sep, enc = {"bom_semicolon": (";", "utf-8-sig"), "latin1": (",", "latin-1"), "tab": ("\t", "utf-8"),
+                "utf16": ("\t", "utf-16")}.get(variant, (",", "utf-8"))  # utf-16: Excel's "Unicode text" export
+    text = "\n".join(sep.join(r) for r in lines) + "\n"
+    if variant == "extra_fields":  # a comma inside an unquoted field
+        text = text.replace("b.png,malignant,y", "b.png,malignant,y, with a comma")
+    table = read_label_table(_write(tmp_path / "labels.csv", text, enc))
+    folder = resolve_rows(table, root, "Image_filename", "Classification")
+    if variant == "extra_fields":
+        assert list(folder.rows["image"]) == ["a.png", "é.png", "d.png"]
+        assert len(folder.bad) == 1 and "line 3" in folder.bad["reason"].iloc[0] and "4 fields" in folder.bad["reason"].iloc[0]
+    else:
+        assert list(folder.rows["image"]) == ["a.png", "b.png", "é.png", "d.png"] and folder.bad.empty
+        assert folder.rows.loc[2, "note"] == "café"
+
+
+@pytest.mark.parametrize("variant, fragment", [("empty", "is empty"), ("corrupt_xlsx", "not a readable Excel workbook"),
+                                               ("binary", "not a text table"), ("folder", "is a folder")])
+def test_evaluate_unreadable_label_table(capsys, tmp_path, demo_root, variant, fragment):
+    labels = tmp_path / ("labels.xlsx" if variant == "corrupt_xlsx" else "labels.csv")
+    if variant == "empty":
+        labels.write_text("\n  \n")
+    elif variant == "corrupt_xlsx":
+        labels.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 8)
+    elif variant == "binary":
+        labels.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64))
+    else:
+        labels.mkdir()
+    cli(capsys, ["evaluate", str(demo_root), "--labels", str(labels), "--model", str(tmp_path / "m.keras"),
+                 "--out", str(tmp_path / "out")], fragment)
+
+
+def test_evaluate_scores_an_image_listed_twice_once(capsys, tmp_path, demo_root, tiny_models):
+    labels = _label_table(demo_root, tmp_path / "labels.csv")
+    t = pd.read_csv(labels)
+    twice = t[t["Image_filename"].isin(["benign (1).png", "malignant (1).png"])].copy()
+    twice.loc[twice["Image_filename"] == "malignant (1).png", "Classification"] = "benign"  # two labels for one image
+    pd.concat([t, twice]).to_csv(labels, index=False)
+    assert _evaluate(demo_root, tmp_path, tiny_models / "three.keras", labels=labels) == 0
+    err = capsys.readouterr().err
+    pred = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    bad = pd.read_csv(tmp_path / "out" / "bad_rows.csv")
+    assert (pred["image"] == "benign (1).png").sum() == 1 and not (pred["image"] == "malignant (1).png").any()
+    assert bad["reason"].str.contains("listed again").sum() == 1
+    assert bad["reason"].str.contains("two labels").sum() == 2
+    assert "listed more than once" in err
+
+
+def test_evaluate_out_that_is_a_file_fails_before_predicting(capsys, monkeypatch, tmp_path, demo_root, tiny_models):
+    import busi_study.predict as pr
+
+    monkeypatch.setattr(pr, "predict_files", lambda *a, **k: pytest.fail("predicted before checking --out"))
+    out = tmp_path / "out"
+    out.write_text("the user's file\n")
+    labels = _label_table(demo_root, tmp_path / "labels.csv")
+    cli(capsys, ["evaluate", str(demo_root), "--labels", str(labels), "--model", str(tiny_models / "three.keras"),
+                 "--out", str(out)], "is a file")
+    assert out.read_text() == "the user's file\n"
+
+
+@pytest.mark.parametrize("argv, fragment", [(["--resamples", "0"], "--resamples"), (["--temperature", "0"], "--temperature"),
+                                            (["--temperature", "nan"], "--temperature"), (["--seed", "-1"], "--seed")])
+def test_evaluate_bad_numbers(capsys, tmp_path, demo_root, argv, fragment):
+    labels = _label_table(demo_root, tmp_path / "labels.csv")
+    cli(capsys, ["evaluate", str(demo_root), "--labels", str(labels), "--model", str(tmp_path / "m.keras"),
+                 "--out", str(tmp_path / "out"), *argv], fragment)
+
+
+def test_evaluate_matches_names_without_their_extension(tmp_path, demo_root):
+    from busi_study.studies.folder_evaluation import read_label_table, resolve_rows
+
+    labels = _label_table(demo_root, tmp_path / "labels.csv", image=lambda f: f.stem)
+    folder = resolve_rows(read_label_table(labels), demo_root, "Image_filename", "Classification")
+    assert folder.bad.empty and len(folder.rows) == len(pd.read_csv(labels))
+    assert all(Path(p).stem == i for p, i in zip(folder.rows["path"], folder.rows["image"]))
+    # the same stem twice (x.png and x.jpg): ambiguous, listed, never picked silently
+    root = tmp_path / "two"
+    _png(root / "a" / "x.png", np.zeros((8, 8), np.uint8))
+    _png(root / "b" / "x.png", np.zeros((8, 8), np.uint8))
+    _png(root / "y.png", np.zeros((8, 8), np.uint8))
+    _png(root / "y.bmp", np.zeros((8, 8), np.uint8))
+    t = pd.DataFrame({"Image_filename": ["x.png", "y", "b/x.png"], "Classification": ["benign", "benign", "malignant"]})
+    f = resolve_rows(t, root, "Image_filename", "Classification")
+    assert list(f.rows["image"]) == ["b/x.png"] and f.bad["reason"].str.contains("ambiguous").sum() == 2
+
+
+def test_evaluate_no_row_matches_says_how_many_with_examples(capsys, tmp_path, demo_root):
+    labels = _label_table(demo_root, tmp_path / "labels.csv", image=lambda f: f"IMG_{f.stem}")
+    n = len(pd.read_csv(labels))
+    line = cli(capsys, ["evaluate", str(demo_root), "--labels", str(labels), "--model", str(tmp_path / "m.keras"),
+                        "--out", str(tmp_path / "out")], f"none of the {n} rows", "IMG_", "--image-column")
+    assert "{}" not in line
+
+
+# ---------------------------------------------------------------- 3. tracebacks left
+@pytest.mark.parametrize("option", ["--reports-dir", "--data-dir"])
+def test_output_folder_that_is_a_file(capsys, tmp_path, option):
+    f = tmp_path / "afile"
+    f.write_text("mine\n")
+    cli(capsys, ["--demo", "--only", "00", option, str(f)] + (["--reports-dir", str(tmp_path / "r")] if option != "--reports-dir"
+                                                              else ["--data-dir", str(tmp_path / "d")]),
+        "is a file", str(f), entry=run_all_main)
+    assert f.read_text() == "mine\n"
+    if option == "--data-dir":
+        cli(capsys, ["check-data", "demo", "--data-dir", str(f)], "is a file")
+
+
+@pytest.mark.parametrize("kind", ["two_input", "segmenter_beside", "s1_crop_name"])
+def test_crop_pipeline_classifier_without_its_card(capsys, tmp_path, demo_root, kind):
+    keras = pytest.importorskip("keras")
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inp)
+    if kind == "two_input":
+        crop = keras.Input((16, 16, 3))
+        model = keras.Model([inp, crop], keras.layers.Dense(3, activation="softmax")(
+            keras.layers.Concatenate()([x, keras.layers.GlobalAveragePooling2D()(crop)])), name="lesion_aware-two_stream")
+    else:
+        model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(x),
+                            name="s1_crop-mobilenet_v2-b2" if kind == "s1_crop_name" else "classifier")
+    path = tmp_path / "copied.keras"
+    model.save(path)
+    if kind == "segmenter_beside":
+        shutil.copy(path, tmp_path / "copied.segmenter.keras")
+    cli(capsys, ["predict", str(demo_root / "benign"), "--model", str(path)], "crop pipeline", ".json")
+
+
+def test_full_data_folder_names_the_file(monkeypatch, prepared):
+    from busi_study.data import arrays
+    from busi_study.data.store import write_json
+    from busi_study.errors import StorageError
+
+    _, _, data = prepared
+
+    def full(*a, **k):  # numpy's write fails without a file name, as on a full disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full)
+    with pytest.raises(StorageError, match=r"cannot write .*masks_24_.*\.npy: no space left") as e:
+        arrays.load_mask_array(data.store, 24, progress=False)
+    assert "\n" not in str(e.value) and str(data.store.cache_dir) in str(e.value)
+    with pytest.raises(StorageError, match=r"cannot write .*images_24_none_.*\.npy: no space left"):
+        arrays.load_image_array(data.store, 24, progress=False)
+    monkeypatch.setattr(Path, "write_text", lambda self, *a, **k: full())
+    target = data.store.folder.parent / "x" / "y.json"
+    with pytest.raises(StorageError, match="y.json: no space left"):
+        write_json({"a": 1}, target)
+    assert not list(target.parent.glob("*"))
+
+
+def test_full_data_folder_while_making_the_demo_data(capsys, monkeypatch, tmp_path):
+    from PIL import Image as PILImage
+
+    def full(self, fp, *a, **k):  # PIL's write fails without a file name, as on a full disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PILImage.Image, "save", full)
+    cli(capsys, ["check-data", "demo", "--data-dir", str(tmp_path / "d")], "no space left", ".png", str(tmp_path / "d"))
+
+
+def test_reports_folder_full_at_the_end_of_a_run(capsys, monkeypatch, tmp_path, fake_papermill):
+    real = Path.write_text
+
+    def full(self, *a, **k):  # the disk fills up when the runner writes run.json (the OS names no file)
+        if self.name.startswith(".run.") and self.suffix == ".json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    cli(capsys, ["--demo", "--profile", "smoke", "--no-progress", "--reports-dir", str(tmp_path / "reports"),
+                 "--data-dir", str(tmp_path / "data")], "run.json", "no space left", entry=run_all_main)
+    runs = [p for p in (tmp_path / "reports").iterdir() if p.name != "latest"]
+    assert len(runs) == 1 and not (runs[0] / "RUNNING").exists() and not (runs[0] / "COMPLETE.json").exists()
+    assert not (tmp_path / "reports" / "latest").exists()
+
+
+# ---------------------------------------------------------------- 4. confusing behaviour
+@pytest.mark.parametrize("what", ["empty_folder", "busi", "a_file"])
+def test_external_that_is_not_the_external_set(capsys, tmp_path, demo_root, fake_papermill, what):
+    ext = {"empty_folder": tmp_path / "empty", "busi": demo_root, "a_file": tmp_path / "notes.txt"}[what]
+    if what == "empty_folder":
+        ext.mkdir()
+    elif what == "a_file":
+        ext.write_text("x")
+    cli(capsys, ["--demo", "--profile", "smoke", "--reports-dir", str(tmp_path / "reports"), "--data-dir", str(tmp_path / "d"),
+                 "--external", str(ext)], "--external", entry=run_all_main)
+    assert not (tmp_path / "reports").exists() or not list((tmp_path / "reports").iterdir())
+
+
+def test_console_says_when_the_external_validation_skipped(tmp_path, fake_papermill, capsys):
+    def skipped(report_dir):  # what notebook 08 writes without external data
+        (report_dir / "external_summary.json").write_text(json.dumps(
+            {"skipped": "no external data given. Get BrEaST-Lesions_USG from TCIA …"}))
+
+    fake_papermill["08_external_validation"] = skipped
+    assert _run(tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "external validation skipped: no external data given (run_all.py --external PATH" in out
+
+
+def test_only_runs_after_an_external_run_build_on_it(tmp_path, fake_papermill, capsys):
+    from busi_study.data.breast_demo import make_demo_external
+
+    ext = make_demo_external(tmp_path / "ext")
+    assert _run(tmp_path) == 0
+    assert _run(tmp_path, "--only", "08", "--external", str(ext)) == 0
+    capsys.readouterr()
+    assert _run(tmp_path, "--only", "02") == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert str(ext) in out  # says it keeps the external set of the run it builds on
+    meta = json.loads(((tmp_path / "reports" / "latest") / "run.json").read_text())
+    assert meta["params"]["external_data"] == str(ext.resolve())
+
+
+def test_a_parameter_given_differently_names_its_option(tmp_path, fake_papermill, capsys):
+    assert _run(tmp_path) == 0
+    capsys.readouterr()
+    line = cli(capsys, ["--demo", "--profile", "smoke", "--no-progress", "--reports-dir", str(tmp_path / "reports"),
+                        "--data-dir", str(tmp_path / "data"), "--only", "02", "--seed", "7"], "--seed", entry=run_all_main)
+    assert "--set" not in line
+
+
+@pytest.mark.parametrize("setting", ["s3_backbones=5", "gradcam_method=3", "s1_crop_margins=[a, b]", "external_gallery=many"])
+def test_wrong_type_for_a_notebook_parameter_fails_before_any_notebook(capsys, tmp_path, fake_papermill, setting):
+    fake_papermill["00_download"] = RuntimeError("a notebook ran")
+    cli(capsys, ["--demo", "--profile", "smoke", "--reports-dir", str(tmp_path / "reports"), "--data-dir", str(tmp_path / "d"),
+                 "--set", setting], setting.split("=")[0], entry=run_all_main)
+    assert not (tmp_path / "reports").exists() or not list((tmp_path / "reports").iterdir())
+
+
+@pytest.mark.parametrize("setting", ["phash_threshold=-5", "val_fraction=1.5", "s2_epochs=0", "s0_dropout=1",
+                                     "n_splits=1", "bootstrap_resamples=0", "s3_learning_rate=-0.1", "s1_crop_margins=[0.1, -1]",
+                                     "s1_seg_threshold=0", "figure_dpi=0"])
+def test_out_of_range_parameter(capsys, tmp_path, setting):
+    key = setting.split("=")[0]
+    cli(capsys, ["--profile", "smoke", "--set", setting, "--list"], key, entry=run_all_main)
+    cli(capsys, ["check-data", "demo", "--data-dir", str(tmp_path / "d"), "--profile", _profile_with(tmp_path, setting)], key)
+
+
+def _profile_with(tmp_path: Path, setting: str) -> str:
+    key, value = setting.split("=", 1)
+    p = tmp_path / "mine.yaml"
+    p.write_text(f"inherits: smoke\n{key}: {value}\n")
+    return str(p)
+
+
+@pytest.mark.parametrize("option", ["--data", "--external", "--reports-dir", "--data-dir"])
+def test_empty_path_option(capsys, tmp_path, option):
+    cli(capsys, ["--profile", "smoke", option, "", *(["--reports-dir", str(tmp_path / "r")] if option != "--reports-dir" else [])],
+        option, "empty", entry=run_all_main)
+
+
+@pytest.mark.parametrize("argv", [["predict", "IMG", "--model", "M", "--out", ""],
+                                  ["evaluate", "IMG", "--labels", "L", "--model", "M", "--out="],
+                                  ["check-data", "demo", "--data-dir", ""]])
+def test_empty_path_option_of_the_tools(capsys, tmp_path, demo_root, monkeypatch, argv):
+    monkeypatch.chdir(tmp_path)
+    before = digest(tmp_path)
+    cli(capsys, [str(demo_root) if a == "IMG" else a for a in argv], "is empty")
+    assert digest(tmp_path) == before  # nothing written to the current folder
+
+
+def test_clean_failed_in_a_read_only_folder(capsys, monkeypatch, tmp_path, fake_papermill):
+    fake_papermill["00_download"] = RuntimeError("boom")
+    assert _run(tmp_path) == 1
+    bad = runner.failed_runs(tmp_path / "reports")[0]
+
+    def ro(path, *a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(Path(path) / "FAILED.txt"))
+
+    monkeypatch.setattr(runner.shutil, "rmtree", ro)
+    capsys.readouterr()
+    line = cli(capsys, ["--clean-failed", "--reports-dir", str(tmp_path / "reports")], "cannot remove", bad.name,
+               entry=run_all_main)
+    assert "write" not in line and bad.exists()
+
+
+def test_failed_line_names_what_latest_points_to(capsys, tmp_path, fake_papermill):
+    assert _run(tmp_path) == 0  # smoke
+    smoke = (tmp_path / "reports" / "latest").resolve()
+    assert run_all_main(["--demo", "--profile", "default", "--no-progress", "--reports-dir", str(tmp_path / "reports"),
+                         "--data-dir", str(tmp_path / "data")]) == 0
+    newest = (tmp_path / "reports" / "latest").resolve()
+    assert newest != smoke
+    fake_papermill["01_eda_intensity"] = RuntimeError("boom")
+    capsys.readouterr()
+    assert _run(tmp_path, "--only", "01") == 1  # builds on the smoke run; latest is the default run
+    err = capsys.readouterr().err
+    assert f"-> {newest.name}" in err and f"-> {smoke.name}" not in err
+
+
+def test_app_with_a_missing_model_starts_no_server(capsys, monkeypatch, tmp_path):
+    from busi_study.app import server
+
+    monkeypatch.setattr(server.subprocess, "call", lambda *a, **k: pytest.fail("a server was started"))
+    cli(capsys, ["--model", str(tmp_path / "nope.keras")], "model file not found", entry=server.main)
+
+
+# ---------------------------------------------------------------- 5. make test offline: weight-dependent tests skip
+@pytest.mark.parametrize("name", ["test_crop_cv_uses_each_folds_own_crops",
+                                  "test_attention_candidate_learns_its_map_from_the_masks"])
+def test_weight_dependent_tests_skip_without_the_weight_cache(monkeypatch, name):
+    pytest.importorskip("keras")
+    from busi_study.models import registry
+    from tests import test_lesion_pipeline as tl
+
+    monkeypatch.setattr(registry, "weights_available", lambda *a, **k: (False, "not in the Keras cache (offline)"))
+    fn = getattr(tl, name)
+    args = {p: None for p in fn.__code__.co_varnames[: fn.__code__.co_argcount]}
+    with pytest.raises(pytest.skip.Exception, match="ImageNet"):
+        fn(**args)
+
+
+# ---------------------------------------------------------------- 6. the console of a run
+def test_kernel_noise_goes_to_the_run_log(capfd, tmp_path, fake_papermill):
+    import subprocess
+    import sys
+
+    def noisy(report_dir):  # what a kernel and TensorFlow print on the inherited stderr
+        os.write(2, b"[IPKernelApp] WARNING | Kernel is running over TCP without encryption.\n")
+        subprocess.run([sys.executable, "-c", "import sys; sys.stderr.write('E0000 00:00 node_def_util.cc:680] "
+                        "use_unbounded_threadpool\\n'); print('I0000 oneDNN custom operations are on')"], check=True)
+
+    fake_papermill["01_eda_intensity"] = noisy
+    assert _run(tmp_path) == 0
+    out, err = capfd.readouterr()
+    for noise in ("without encryption", "node_def_util", "oneDNN"):
+        assert noise not in out and noise not in err
+    assert "01_eda_intensity …" in out and "done in" in out
+    log = (tmp_path / "reports" / "latest" / "logs" / "01_eda_intensity.log").read_text()
+    assert "without encryption" in log and "node_def_util" in log and "oneDNN" in log
+
+
 KINDS = [
     "data: missing path", "data: plain file", "data: not a zip", "data: zip with a corrupt member",
     "data: no class folders", "data: a missing class folder", "data: a class without usable images",
@@ -573,11 +1085,28 @@ KINDS = [
     "runner: --only links, earlier run unchanged", "runner: --clean-failed", "provenance: report without data",
     "provenance: two datasets", "provenance: changed splits", "provenance: results of other splits",
     "provenance: --only 00 with new splits beside old results", "runner: legacy runs kept by --clean-failed",
+    # no wrong number, no silent mixing
+    "probabilities: evaluate's metrics = scikit-learn's on its predictions (binary, three-class)",
+    "probabilities: a binary model asked about a class it lacks", "probabilities: a table with an empty class column",
+    "probabilities: the app and a binary model",
+    "data key: same images, other masks", "provenance: masks changed after 00", "provenance: external set changed under a carried 08",
+    "labels: extra fields, Latin-1, BOM + semicolons, tabs", "labels: empty, corrupt xlsx, binary, a folder",
+    "labels: an image listed twice or with two labels", "evaluate: --out is a file", "evaluate: --resamples/--temperature/--seed",
+    "labels: names without their extension, ambiguous names", "labels: no row matches",
+    "fs: --reports-dir / --data-dir is a file", "predict: crop classifier without its card", "fs: full data folder (caches, json)",
+    "fs: reports folder full at the end of a run", "param: --external not the external set",
+    "runner: --only after an --external run", "runner: a parameter given differently names its option",
+    "param: wrong type for a notebook parameter", "param: out of range", "param: empty path option",
+    "runner: --clean-failed on a read-only folder", "runner: FAILED line names latest's target", "app: missing --model",
+    "tests: weight-dependent tests skip offline", "console: kernel noise in the run's log",
+    "predict: fold ensemble mixing a binary and a three-class model", "labels: UTF-16 (Excel's Unicode text)",
+    "param: empty path option of predict / evaluate / check-data", "fs: full data folder while making the demo data",
+    "console: a skipped external validation says so",
 ]
 
 
 def test_at_least_25_kinds():
-    assert len(KINDS) >= 25
+    assert len(KINDS) >= 25 + 34
 
 
 def test_runner_environment_for_deterministic_kernels_respects_user_values():

@@ -188,10 +188,12 @@ def test_index_renders_in_chromium_with_figures(study):
 
 def test_failed_run_keeps_previous_report(study):
     tmp, _, good = study
-    failed = run_all(tmp, "--set", "n_splits=1")
+    # inside the range every profile checks before running (a fraction), refused by the splits in 00 (below 0.5)
+    failed = run_all(tmp, "--set", "val_fraction=0.6")
     assert failed.returncode == 1
     err = [line for line in failed.stderr.splitlines() if line.startswith("FAILED")]
-    assert err == ["FAILED: 00_download: ParameterError: n_splits must be at least 2, got 1 — e.g. --set n_splits=5"]
+    assert err == ["FAILED: 00_download: ParameterError: val_fraction must be in (0, 0.5), got 0.6 — e.g. --set "
+                   "val_fraction=0.125"]
     assert "partial output:" in failed.stderr and "Traceback" not in failed.stderr
     assert (tmp / "reports" / "latest").resolve() == good
     bad_runs = [p for p in (tmp / "reports").iterdir() if (p / "FAILED.txt").exists()]
@@ -245,10 +247,16 @@ def test_only_run_links_files_and_never_changes_the_run_it_builds_on(study):
     tmp, _, _ = study
     base = (tmp / "reports" / "latest").resolve()
     before = {p: hashlib.sha256((base / p).read_bytes()).hexdigest() for p in _tree(base)}
-    # a failing --only run (matplotlib: the grid needs a positive number of columns); a parameter only 01 declares,
-    # so that the carried-over notebooks' parameters stay those of the run built on
-    res = run_all(tmp, "--only", "01", "--set", "sample_grid_per_class=-1")
-    assert res.returncode == 1 and "FAILED: 01_eda_intensity" in res.stderr
+    # a failing --only run: a raw image of the data 00 read is missing, so 01 refuses to open the data
+    # (the carried-over notebooks' parameters stay those of the run built on)
+    image = Path(json.loads((base / "data_summary.json").read_text())["root"]) / "benign" / "benign (1).png"
+    hidden = image.with_name(".hidden.png")
+    image.rename(hidden)
+    try:
+        res = run_all(tmp, "--only", "01")
+    finally:
+        hidden.rename(image)
+    assert res.returncode == 1 and "FAILED: 01_eda_intensity: ProvenanceError" in res.stderr and "benign (1).png" in res.stderr
     new = max((p for p in (tmp / "reports").iterdir() if p.name != "latest"), key=lambda p: p.stat().st_mtime)
     assert (tmp / "reports" / "latest").resolve() == base and not (new / "COMPLETE.json").exists()
     assert {p: hashlib.sha256((base / p).read_bytes()).hexdigest() for p in _tree(base)} == before

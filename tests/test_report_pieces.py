@@ -116,13 +116,23 @@ def test_notebook_views_save_and_title(tmp_path, monkeypatch):
     monkeypatch.setattr(plt, "show", lambda: None)
     import hashlib
 
+    from busi_study.data.store import masks_sha256
+
     data = tmp_path / "data" / "processed" / "demo" / "abc-123"  # keyed folder (issue 12)
     data.mkdir(parents=True)
-    (data / "manifest.csv").write_text("image_id\na\n")
+    raw = tmp_path / "raw"  # the raw image and mask the data path read (checked against their recorded bytes)
+    raw.mkdir()
+    (raw / "a.png").write_bytes(b"image")
+    (raw / "a_mask.png").write_bytes(b"mask")
+    digest = {f: hashlib.sha256((raw / f).read_bytes()).hexdigest() for f in ("a.png", "a_mask.png")}
+    (data / "manifest.csv").write_text(f"image_id,path,sha256,mask_paths\na,a.png,{digest['a.png']},a_mask.png\n")
+    (data / "files.csv").write_text(f"path,sha256\na.png,{digest['a.png']}\na_mask.png,{digest['a_mask.png']}\n")
+    (data / "source.json").write_text(json.dumps({"root": str(raw)}))
     (data / "splits.csv").write_text("image_id,fold\na,0\n")
     sha = {n: hashlib.sha256((data / f"{n}.csv").read_bytes()).hexdigest() for n in ("manifest", "splits")}
+    masks = masks_sha256(pd.read_csv(data / "manifest.csv"), pd.read_csv(data / "files.csv"))
     summary = {"n_images": 1, "dataset": "demo", "processed_folder": str(data), "manifest_sha256": sha["manifest"],
-               "splits_sha256": sha["splits"]}
+               "masks_sha256": masks, "splits_sha256": sha["splits"]}
     (data / "data_summary.json").write_text(json.dumps(summary))
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "data_summary.json").write_text(json.dumps(summary))  # written by 00 of this run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -63,8 +64,8 @@ def build_run_all_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="start_from", metavar="NB", help="run from this notebook to the end")
     p.add_argument("--seed", type=int, help="override the split seed (default from the profile: 42)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any profile parameter")
-    p.add_argument("--reports-dir", type=Path, help="where runs are written (default: reports/)")
-    p.add_argument("--data-dir", type=Path, help="where raw links and processed data live (default: data/)")
+    p.add_argument("--reports-dir", help="where runs are written (default: reports/)")
+    p.add_argument("--data-dir", help="where raw links and processed data live (default: data/)")
     p.add_argument("--strict", action="store_true", help="fail when a backbone's pretrained weights cannot be loaded (default: skip it, visibly)")
     p.add_argument("--check-reference", action="store_true",
                    help="after the run, say whether each model's pooled metrics fall inside the CIs in reports/reference/")
@@ -82,22 +83,35 @@ def run_all_main(argv: list[str] | None = None) -> int:
 
 
 def _run_all(argv: list[str] | None) -> int:
-    from .params import apply_overrides, load_profile, parse_override
-    from .report.runner import RunConfig, discover_notebooks, run_study, select_notebooks
+    from .params import StudyParams, apply_overrides, load_profile, parse_override
+    from .report.runner import RunConfig, check_folder_path, discover_notebooks, run_study, select_notebooks
 
     args = build_run_all_parser().parse_args(argv)
+    for option, value in (("--data", args.data), ("--external", args.external), ("--reports-dir", args.reports_dir),
+                          ("--data-dir", args.data_dir)):
+        if value is not None and not str(value).strip():
+            raise StudyError(f"{option} is empty — give a path, or leave {option} out for the default")
+    reports_dir = Path(args.reports_dir).expanduser() if args.reports_dir else None
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else None
+    if data_dir is not None:
+        check_folder_path(data_dir, "--data-dir")
     try:
         if args.clean_failed:
             from .report.runner import clean_failed
 
-            clean_failed((args.reports_dir or REPO / "reports").resolve())
+            reports = (reports_dir or REPO / "reports").resolve()
+            check_folder_path(reports, "--reports-dir")
+            clean_failed(reports)
             return 0
         params = load_profile(args.profile, REPO / "params")
         overrides = dict(parse_override(s) for s in args.set)
+        origins = dict.fromkeys(overrides, "--set")
         if args.seed is not None:
             overrides["seed"] = args.seed
+            origins["seed"] = "--seed"
         if args.strict:
             overrides["strict"] = True
+            origins["strict"] = "--strict"
         if args.demo:
             overrides["data_source"] = "demo"
         elif args.data:
@@ -112,16 +126,21 @@ def _run_all(argv: list[str] | None) -> int:
                 raise StudyError(f"--external {args.external}: no such folder — give the BrEaST-Lesions_USG folder "
                                  "(caseNNN.png files and the clinical table)")
             overrides["external_data"] = str(ext.resolve())
+            origins["external_data"] = "--external"
         params = apply_overrides(params, overrides)
+        StudyParams.from_flat(params)  # every type and range, before anything runs (one line, exit 2)
+        selected = select_notebooks(discover_notebooks(REPO / "notebooks"), args.only, args.start_from)
         if args.list:
-            for nb in select_notebooks(discover_notebooks(REPO / "notebooks"), args.only, args.start_from):
+            for nb in selected:
                 print(nb.name)
             for k, v in sorted(params.items()):
                 print(f"  {k}: {v}")
             return 0
+        if params.get("external_data") and (args.external or any(nb.stem.startswith("08_") for nb in selected)):
+            check_external(params["external_data"], "--external" if args.external else "external_data")
         cfg = RunConfig(
             repo=REPO, profile=args.profile, params=params, only=args.only, start_from=args.start_from,
-            reports_dir=args.reports_dir, data_dir=args.data_dir,
+            reports_dir=reports_dir, data_dir=data_dir, origins=origins,
             argv=["run_all.py", *(argv if argv is not None else sys.argv[1:])], progress=not args.no_progress,
         )
         code = run_study(cfg)
@@ -131,6 +150,30 @@ def _run_all(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the previous complete report (reports/latest) is untouched", file=sys.stderr)
         return 130
+
+
+def check_external(path: str, option: str) -> None:
+    """The external set given (``--external`` or ``external_data`` in a profile) must be a copy of
+    BrEaST-Lesions_USG: a one-line error before any notebook runs, not a skipped notebook 08."""
+    from .data.acquire import looks_like_dataset_root
+    from .data.breast import CASE_RE, read_clinical
+
+    root = Path(path).expanduser()
+    hint = ("give the BrEaST-Lesions_USG folder (caseNNN.png images and the clinical xlsx or CSV), or leave the option "
+            "out to skip the external validation")
+    if not root.exists():
+        raise StudyError(f"{option} {path}: no such folder — {hint}")
+    if not root.is_dir():
+        raise StudyError(f"{option} {path} is a file, not a folder (unzip the TCIA archive first) — {hint}")
+    if not any(CASE_RE.match(f.name) for f in root.rglob("case*")):
+        busi = looks_like_dataset_root(root) or any(looks_like_dataset_root(c) for c in root.iterdir() if c.is_dir())
+        what = "BUSI (normal/ benign/ malignant/ folders), the training data — give BUSI with --data" if busi else \
+            "no caseNNN.png images" + (" (the folder is empty)" if not any(root.iterdir()) else "")
+        raise StudyError(f"{option} {path} is not BrEaST-Lesions_USG: {what} — {hint}")
+    try:
+        read_clinical(root)
+    except StudyError as exc:
+        raise StudyError(f"{option} {path}: {exc}") from None
 
 
 def check_reference_main(reports_dir: Path) -> int:
@@ -159,7 +202,20 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+#: Path options of the tools: an empty value would silently mean the current folder.
+TOOL_PATH_OPTIONS = ("--data-dir", "--model", "--out", "--masks", "--labels", "--settings-from")
+
+
+def _refuse_empty_paths(argv: list[str]) -> None:
+    """``--out ""`` and the like: one line, instead of writing into the current folder."""
+    for i, a in enumerate(argv):
+        option, eq, value = a.partition("=")
+        if option in TOOL_PATH_OPTIONS and (eq and not value.strip() or not eq and i + 1 < len(argv) and not argv[i + 1].strip()):
+            raise StudyError(f"{option} is empty — give a path")
+
+
 def _tools(argv: list[str] | None) -> int:
+    _refuse_empty_paths(list(sys.argv[1:] if argv is None else argv))
     p = argparse.ArgumentParser(prog="python -m busi_study", description="Tools of the BUSI study.")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("check-data", help="scan, validate and reference-check a copy of BUSI; write data/processed")
@@ -249,7 +305,9 @@ def _tools(argv: list[str] | None) -> int:
     if args.cmd == "check-data":
         from .data.prepare import prepare_data, summary_lines
         from .params import StudyParams
+        from .report.runner import check_folder_path
 
+        check_folder_path(args.data_dir, "--data-dir")
         params = StudyParams.from_profile(args.profile, REPO / "params", {"data_source": args.source})
         result = prepare_data(params.data, params.splits, params.seed, args.data_dir)
         for line in summary_lines(result.summary):
@@ -274,11 +332,27 @@ def evaluate_command(args) -> int:
     """The ``evaluate`` subcommand: one model on a labelled folder (see :mod:`busi_study.studies.folder_evaluation`)."""
     from .evaluation.external import TransferSettings
     from .predict import load_model
-    from .studies.folder_evaluation import evaluate_model, read_label_table, resolve_rows, settings_for, write_outputs
+    from .studies.folder_evaluation import (
+        check_out_folder,
+        evaluate_model,
+        read_label_table,
+        resolve_rows,
+        row_problems,
+        settings_for,
+        write_outputs,
+    )
 
     root = Path(args.folder)
     if not root.is_dir():
-        raise StudyError(f"image folder not found: {root}")
+        raise StudyError(f"image folder not found: {root} — give the folder holding the images named in --labels")
+    check_out_folder(args.out)
+    if args.resamples < 1:
+        raise StudyError(f"--resamples {args.resamples}: need at least 1 bootstrap resample — e.g. --resamples 2000")
+    if args.seed < 0:
+        raise StudyError(f"--seed {args.seed}: the bootstrap seed must be 0 or more — e.g. --seed 0")
+    if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise StudyError(f"--temperature {args.temperature}: must be a number above 0 (1 leaves the probabilities as they "
+                         "are) — e.g. --temperature 1.2, or --settings-from reports/<run>/results/<model>")
     negatives = tuple(args.negative) if args.negative else None
     settings = settings_for(args.settings_from, args.positive, negatives)
     if args.threshold or args.temperature is not None:
@@ -289,10 +363,12 @@ def evaluate_command(args) -> int:
             try:
                 thr[k.strip()] = float(v)
             except ValueError:
-                raise StudyError(f"--threshold {item}: expected NAME=NUMBER") from None
+                raise StudyError(f"--threshold {item}: expected NAME=NUMBER — e.g. --threshold spec90=0.42") from None
         settings = TransferSettings(float(args.temperature) if args.temperature is not None else base.temperature, thr,
                                     base.n_validation, base.rule + "; overridden on the command line")
     folder = resolve_rows(read_label_table(args.labels), root, args.image_column, args.label_column, args.group_column)
+    for line in row_problems(folder):
+        print(f"WARNING: {line}", file=sys.stderr)
     model, card = load_model(args.model)
     name = card.get("model", Path(args.model).stem)
     ev = evaluate_model(model, name, folder, settings, args.positive, negatives, args.resamples, args.seed)

@@ -3,7 +3,9 @@
 A profile may name another in ``inherits:``; its keys override the parent's. Every key must
 exist in ``default.yaml``, so a typo is an error, not a silently ignored setting. ``default.yaml``
 holds the only default values; :class:`StudyParams` (one frozen dataclass per concern) is built
-from the flat keys once, checks their types, and is what recipes and the CV runner take.
+from the flat keys once, checks their types and ranges (:func:`_range_rule`: epochs above 0,
+fractions inside (0, 1), thresholds and seeds not negative, …), and is what recipes and the CV
+runner take.
 """
 
 from __future__ import annotations
@@ -327,7 +329,19 @@ SECTIONS: dict[str, type] = {
 
 
 def _check_type(key: str, value: Any, annotation: Any) -> Any:
-    """``value`` as ``annotation`` (int → float allowed; bool never passes as a number), or ParameterError."""
+    """``value`` as ``annotation`` (int → float allowed; bool never passes as a number), or ParameterError
+    (one line, ending with what to do)."""
+    try:
+        return _typed(key, value, annotation)
+    except ParameterError as exc:
+        text = str(exc)
+        if " — " in text:
+            raise
+        raise ParameterError(f"{text} — give it the type params/default.yaml shows for '{key}' "
+                             f"(e.g. --set {key}=… in YAML syntax: 3, 0.5, true, text, [a, b])") from None
+
+
+def _typed(key: str, value: Any, annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
@@ -338,7 +352,7 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
             if opt is type(None):
                 continue
             try:
-                return _check_type(key, value, opt)
+                return _typed(key, value, opt)
             except ParameterError as exc:
                 errors.append(str(exc))
         raise ParameterError(errors[0] if errors else f"parameter '{key}' has an unsupported type")
@@ -346,7 +360,7 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
         (item,) = typing.get_args(annotation)
         if not isinstance(value, (list, tuple)):
             raise ParameterError(f"parameter '{key}' must be a list, got {value!r}")
-        return [_check_type(key, v, item) for v in value]
+        return [_typed(key, v, item) for v in value]
     if annotation is bool:
         if not isinstance(value, bool):
             raise ParameterError(f"parameter '{key}' must be true or false, got {value!r}")
@@ -364,6 +378,47 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
             raise ParameterError(f"parameter '{key}' must be text, got {value!r}")
         return value
     raise ParameterError(f"parameter '{key}': unsupported type {annotation!r}")
+
+
+# Ranges, by field name (the same rule in every section, so a new section gets it too): a value out
+# of range is a one-line ParameterError when the profile loads, before any notebook runs.
+_POSITIVE = {"epochs", "batch_size", "learning_rate", "n_views", "views", "repeats", "resamples", "protocol_repeats",
+             "head_channels", "decoder_channels", "representative_images", "latency_runs", "figure_dpi",
+             "mobilenet_alpha", "agreement_folds", "protocol_epochs", "sample_grid_per_class"}
+_UNIT_OPEN = {"threshold"}                                   # (0, 1)
+_UNIT_HALF_OPEN = {"dropout", "zoom", "shift", "brightness", "contrast", "min_area"}  # [0, 1)
+_UNIT_CLOSED = {"ssim_min"}                                  # [0, 1]
+
+
+def _range_rule(field: str) -> tuple[str, object] | None:
+    """(what the value must be, check) for a numeric field, or None when any number is fine."""
+    if field == "n_splits":
+        return "a whole number of at least 2", lambda v: v >= 2
+    if field in _POSITIVE or field.endswith("_size"):
+        return "above 0", lambda v: v > 0
+    if field.endswith("_fraction"):
+        return "a fraction strictly between 0 and 1", lambda v: 0 < v < 1
+    if field in _UNIT_OPEN:
+        return "strictly between 0 and 1", lambda v: 0 < v < 1
+    if field in _UNIT_HALF_OPEN:
+        return "at least 0 and below 1", lambda v: 0 <= v < 1
+    if field in _UNIT_CLOSED:
+        return "between 0 and 1", lambda v: 0 <= v <= 1
+    return "0 or more", lambda v: v >= 0  # seeds, thresholds of Hamming distances, counts, margins, patience, degrees
+
+
+def _check_range(key: str, field: str, value: Any) -> Any:
+    """``value`` (already type-checked) if inside its field's range (:func:`_range_rule`), else ParameterError."""
+    items = value if isinstance(value, list) else [value]
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        what, ok = _range_rule(field)
+        if v != v or v in (float("inf"), float("-inf")) or not ok(v):
+            example = {"above 0": 1, "0 or more": 0}.get(what, "")
+            raise ParameterError(f"parameter '{key}' must be {what}, got {value!r} — e.g. --set {key}="
+                                 f"{example if example != '' else 'a value in that range'} (see params/default.yaml)")
+    return value
 
 
 def section_keys(cls: type, prefix: str | None = None) -> dict[str, tuple[str, ...]]:
@@ -393,7 +448,8 @@ def _build(cls: type, flat: dict[str, Any], prefix: str | None = None) -> Any:
             key = f"{prefix}{f.name}"
             if key not in flat:
                 raise ParameterError(f"parameter '{key}' is missing")
-            kwargs[f.name] = _check_choice(key, _check_type(key, flat[key], t), f.metadata.get("choices"))
+            kwargs[f.name] = _check_choice(key, _check_range(key, f.name, _check_type(key, flat[key], t)),
+                                           f.metadata.get("choices"))
     return cls(**kwargs)
 
 
@@ -454,7 +510,7 @@ class StudyParams:
         sections: dict[str, Any] = {}
         for key, t in SCALARS.items():
             if key in flat:
-                sections[key] = _check_type(key, flat[key], t)
+                sections[key] = _check_range(key, key, _check_type(key, flat[key], t))
             elif not partial:
                 raise ParameterError(f"parameter '{key}' is missing")
         for name, scls in SECTIONS.items():

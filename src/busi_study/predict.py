@@ -94,7 +94,30 @@ def load_model(path: Path):
                                  "both files (and the .json card) together")
         seg, _ = load_model_file(seg_path)
         model = CropPipelineModel(model, seg, pipeline)
+    else:
+        _refuse_crop_classifier_without_card(model, path)
     return model, card
+
+
+def _refuse_crop_classifier_without_card(model, path: Path) -> None:
+    """A crop pipeline's classifier was trained on crops of the predicted lesion (or on the whole image
+    *and* the crop): without the card that names its segmenter it must not run on whole images."""
+    inputs = getattr(model, "inputs", None) or [None]
+    name = str(getattr(model, "name", ""))
+    results_record = path.parent / "metrics.json"  # fold models: reports/<run>/results/<name>/fold<k>.keras
+    try:
+        from_pipeline_run = results_record.exists() and bool(json.loads(results_record.read_text()).get("pipeline"))
+    except (OSError, ValueError, AttributeError):
+        from_pipeline_run = False
+    why = ("it takes two inputs (the whole image and the lesion crop)" if len(inputs) > 1 else
+           f"{path.with_name(path.stem + '.segmenter.keras').name} lies beside it" if
+           path.with_name(path.stem + ".segmenter.keras").exists() else
+           f"it is a crop classifier ({name})" if name.startswith("s1_crop") or path.stem.startswith("s1_crop") else
+           "it is a fold model of a crop pipeline (results/…/metrics.json)" if from_pipeline_run else "")
+    if why:
+        raise ModelFileError(f"{path} is the classifier of a crop pipeline ({why}) but its card {path.with_suffix('.json').name} "
+                             "(naming the segmenter) is not beside it, and it must not classify whole images — copy the "
+                             ".keras, .segmenter.keras and .json files of models/ together")
 
 
 def load_model_file(path: Path):
@@ -142,6 +165,21 @@ class CropPipelineModel:
             return np.asarray(self.classifier.predict([whole, c], verbose=0), np.float64)[0], mask, box, found
         x = crop(rgb, box, self.size).astype(np.float32)[None]
         return np.asarray(self.classifier.predict(x, verbose=0), np.float64)[0], mask, box, found
+
+
+#: The classes of a binary model (one sigmoid unit: p_malignant); its p_normal column stays empty.
+BINARY_CLASSES: tuple[str, ...] = ("benign", "malignant")
+
+
+def model_classes(model) -> tuple[str, ...]:
+    """The classes a loaded model gives probabilities for: the study's three, or benign and malignant
+    for a binary model (one output unit, as the S4-style model)."""
+    if isinstance(model, CropPipelineModel):
+        model = model.classifier
+    n = getattr(model, "n_outputs", None)
+    if n is None:
+        n = int(model.outputs[0].shape[-1])
+    return BINARY_CLASSES if int(n) == 1 else CLASSES
 
 
 def three_class(proba: np.ndarray) -> np.ndarray:
@@ -206,8 +244,17 @@ def predict_pipeline(model: CropPipelineModel, files: list[Path], masks_dir: Pat
         if masks_dir is not None:
             out = Path(masks_dir) / f"{f.stem}_predicted_mask.png"
             tmp = out.with_name(f".{out.stem}.tmp.png")
-            cv2.imwrite(str(tmp), mask.astype(np.uint8) * 255)
-            tmp.replace(out)
+            _, png = cv2.imencode(".png", mask.astype(np.uint8) * 255)
+            try:
+                tmp.write_bytes(png.tobytes())
+                tmp.replace(out)
+            except OSError as exc:  # a full or read-only --masks folder: one line naming the file
+                if tmp.parent.is_dir():
+                    tmp.unlink(missing_ok=True)
+                converted = from_os_error(exc, out)
+                if converted is None:
+                    raise
+                raise converted from None
             row["lesion_mask"] = str(out)
     return pd.DataFrame(rows)
 
@@ -255,6 +302,10 @@ def predict_ensemble(models: list, files: list[Path], batch_size: int = 16, mask
     if any(isinstance(m, CropPipelineModel) for m in models):
         raise StudyError("a crop pipeline (a model whose card names a segmenter) cannot be part of a fold ensemble — "
                          "give it alone")
+    kinds = {model_classes(m) for m in models}
+    if len(kinds) > 1:  # the mean of a binary model's p_benign and a three-class one's would mix two class spaces
+        raise StudyError("a fold ensemble needs models of the same classes, but these mix a binary (benign vs malignant) "
+                         "model with three-class ones — give the binary model alone")
     tables = [predict_files(m, files, batch_size) for m in models]
     out = tables[0].copy()
     cols = PROBA_COLUMNS

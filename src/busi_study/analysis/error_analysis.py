@@ -17,11 +17,10 @@ from tqdm import tqdm
 from ..data.images import mask_paths, merged_mask, read_gray, read_rgb
 from ..evaluation.bootstrap import group_bootstrap, resample_weights
 from ..evaluation.calibration import (
-    apply_temperature,
     expected_calibration_error,
-    fit_temperature,
-    logits_from_proba,
+    fit_temperature_on,
     reliability_table,
+    temperature_scale,
 )
 from ..evaluation.evaluate import arrays
 from ..info import CLASSES, PROBA_COLUMNS
@@ -116,10 +115,10 @@ def temperature_scaled(oof: pd.DataFrame, val: pd.DataFrame) -> tuple[pd.DataFra
     for fold, t in oof.groupby("fold"):
         v = val[val["fold"] == fold]
         yv, pv, _ = arrays(v)
-        temp = fit_temperature(logits_from_proba(pv), yv)
+        temp = fit_temperature_on(pv, yv)
         temps[int(fold)] = temp
         scaled = t.copy()
-        scaled[PROBA_COLUMNS] = apply_temperature(logits_from_proba(t[PROBA_COLUMNS].to_numpy()), temp)
+        scaled[PROBA_COLUMNS] = temperature_scale(t[PROBA_COLUMNS].to_numpy(), temp)
         out.append(scaled)
     return pd.concat(out).sort_values("image_id").reset_index(drop=True), temps
 

@@ -78,9 +78,11 @@ def entry_for(path: Path) -> ModelEntry:
 def find_models(reports_dir: Path) -> list[ModelEntry]:
     """Exported models of ``reports_dir/latest``, best first (highest CV macro AUC, the report's rule).
     A crop pipeline (notebook 05: segmenter + classifier of the crop) is left to ``predict``: the
-    app runs one network per image."""
+    app runs one network per image; so is a binary model (notebook 06's S4-style model), whose
+    missing p_normal the app's three-class page cannot show."""
     entries = [entry_for(p) for p in ResultsStore(Path(reports_dir) / "latest").exported_models()]
-    entries = [e for e in entries if not e.card.get("pipeline")]
+    # three-class models only: a binary model (S4: benign vs malignant, no p_normal) is left to predict too
+    entries = [e for e in entries if not e.card.get("pipeline") and len(e.card.get("classes", CLASSES)) == len(CLASSES)]
     return sorted(entries, key=lambda e: (e.macro_auc is None, -(e.macro_auc or 0.0), e.name))
 
 
@@ -115,10 +117,15 @@ class LoadedModel:
 def load(entry: ModelEntry) -> LoadedModel:
     """Load the Keras model (the page caches this with ``st.cache_resource``)."""
     from ..explain.gradcam import GradCAM, last_conv_layer_name
-    from ..predict import load_model
+    from ..predict import CropPipelineModel, load_model, model_classes
 
     t0 = time.perf_counter()
     model, _ = load_model(entry.path)
+    if isinstance(model, CropPipelineModel) or model_classes(model) != CLASSES:
+        what = ("a crop pipeline (segmenter + classifier)" if isinstance(model, CropPipelineModel)
+                else "a binary benign-vs-malignant model (no p_normal)")
+        raise StudyError(f"{entry.path.name} is {what}: the app shows three-class models only — classify with "
+                         f"python -m busi_study predict IMAGES --model {entry.path}")
     layer = entry.card.get("gradcam_layer") or last_conv_layer_name(model)
     import tensorflow as tf
 
@@ -166,12 +173,12 @@ def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray
 
 
 def calibrate(proba: np.ndarray, temperature: float | None) -> np.ndarray | None:
-    """``softmax(log p / T)``; None when there is no temperature."""
-    from ..evaluation.calibration import apply_temperature, logits_from_proba
+    """``softmax(log p / T)`` over the model's classes; None when there is no temperature."""
+    from ..evaluation.calibration import temperature_scale
 
     if temperature is None:
         return None
-    return apply_temperature(logits_from_proba(np.atleast_2d(proba)), float(temperature))
+    return temperature_scale(np.atleast_2d(proba), float(temperature))
 
 
 def analyse(lm: LoadedModel, uploads: Sequence[tuple[str, bytes]], profile: dict | None = None,

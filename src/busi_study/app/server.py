@@ -17,6 +17,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import EXIT_USER_ERROR
+
 HOST = "127.0.0.1"
 MAIN = Path(__file__).with_name("main.py")
 #: Largest upload accepted by the server, in MB (Streamlit's ``server.maxUploadSize``).
@@ -135,12 +137,32 @@ def running_server(model: str | None = None, reports: str | None = None, cwd: Pa
             proc.wait(timeout=10)
 
 
+def _check_options(model: str | None, reports: str | None) -> str | None:
+    """What is wrong with ``--model`` / ``--reports`` (one line with what to do), or None."""
+    hint = "give a .keras file exported by the study (reports/<run>/models/NAME.keras), or leave --model out"
+    if model is not None:
+        path = Path(model).expanduser()
+        if not str(model).strip():
+            return f"--model is empty — {hint}"
+        if not path.exists():
+            return f"model file not found: {path} — {hint}"
+        if path.is_dir() or path.suffix.lower() != ".keras":
+            return f"--model {path} is not a .keras model file — {hint}"
+    if reports is not None and not Path(reports).expanduser().is_dir():
+        return f"--reports {reports}: no such folder — give the reports folder holding latest/ (default: reports/)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m busi_study.app", description="Serve the study's app on 127.0.0.1.")
     p.add_argument("--model", help="a .keras model file (default: the best exported model of reports/latest)")
     p.add_argument("--reports", help="the reports folder holding latest/ (default: the repository's reports/)")
     p.add_argument("--port", type=int, default=8501, help="port (default 8501, or a free one if it is taken)")
     args = p.parse_args(argv)
+    problem = _check_options(args.model, args.reports)
+    if problem:  # before any server starts: one line, exit 2 (errors.EXIT_USER_ERROR)
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USER_ERROR
     port = free_port(args.port)
     print(f"BUSI study app: http://{HOST}:{port}   (research use only, not a medical device; Ctrl+C stops it)", flush=True)
     try:

@@ -4,7 +4,7 @@
 uint8 RGB images of shape (n, size, size, 3) in manifest order. Resizing is a plain resize to
 a square (as the source studies do); ``preprocessing`` names one of S1's enhancement steps
 (:mod:`busi_study.data.enhance`), applied at the original resolution before the resize.
-``cache/arrays/masks_<size>_<manifest-hash>.npy`` holds the OR-merged lesion masks (docs/protocol.md §1;
+``cache/arrays/masks_<size>_<manifest-hash>-<masks-hash>.npy`` holds the OR-merged lesion masks (docs/protocol.md §1;
 empty for normal images) resized the same way, as uint8 0/1 (n, size, size): training targets and
 evaluation references only, never a model input.
 """
@@ -49,10 +49,8 @@ def load_image_array(store: ProcessedData, size: int, preprocessing: str = "none
     arr = np.zeros((len(manifest), size, size, 3), dtype=np.uint8)
     for i, rel in enumerate(tqdm(list(manifest["path"]), desc=f"decoding images at {size}px", disable=not progress, mininterval=2)):
         arr[i] = _prepare(read_rgb(Path(root) / rel), size, preprocessing)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npy")
-    np.save(tmp, arr)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:  # a full disk: one line naming the cache file
+        np.save(tmp, arr)
     return arr
 
 
@@ -61,7 +59,8 @@ def load_mask_array(store: ProcessedData, size: int, progress: bool = True) -> n
 
     Normal images (and any image without a usable mask) get an empty mask."""
     manifest = store.read("manifest")
-    key = sha256_of(store.manifest)[:12]
+    # keyed by the masks' bytes too: two folders with the same images but other masks never share it
+    key = f"{sha256_of(store.manifest)[:12]}-{store.masks_sha256()[:12]}"
     path = store.cache_dir / "arrays" / f"masks_{size}_{key}.npy"
     if path.exists():
         arr = np.load(path)
@@ -75,7 +74,6 @@ def load_mask_array(store: ProcessedData, size: int, progress: bool = True) -> n
         if paths:
             h, w = read_rgb(root / row.path).shape[:2]
             arr[i] = resize_mask(merged_mask(paths, (h, w)), size)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         np.save(tmp, arr)
     return arr

@@ -18,6 +18,7 @@ The set is used for testing only: nothing here is ever trained, tuned or thresho
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +27,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ..errors import DataSourceError
+from ..errors import DataSourceError, StudyError
 from ..info import BREAST, CLASS_INDEX
 from .manifest import IMAGE_SUFFIXES, _inspect, _natural_key
 from .release_check import check_against_reference, load_reference, summarise_reference_check
+from .tables import read_table
 
 CASE_RE = re.compile(r"^case(?P<num>\d+)(?:_(?P<suffix>tumor|other\d+))?\.(?:png|jpe?g|bmp|tiff?)$", re.I)
 #: Files a copy may hold besides images and masks (tables, checksums, notes): not reported.
@@ -89,33 +91,41 @@ def locate(path: str | Path | None) -> Path:
     return root.resolve()
 
 
+def external_digest(root: Path) -> str:
+    """SHA-256 over what notebook 08 reads from a copy: every ``caseNNN`` image and mask and every
+    table (CSV, xlsx) below ``root``, by relative path and bytes. Recorded in the scan's summary
+    (``files_sha256``); the runner compares it before carrying an earlier external validation over."""
+    from .images import file_sha256
+
+    root = Path(root)
+    lines = []
+    for f in sorted(root.rglob("*"), key=lambda p: p.relative_to(root).as_posix()):
+        rel = f.relative_to(root)
+        if f.is_file() and not any(part.startswith(".") for part in rel.parts) and (
+                CASE_RE.match(f.name) or f.suffix.lower() in (".csv", ".xlsx", ".xls")):
+            lines.append(f"{rel.as_posix()}\t{file_sha256(f)}\n")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
 def read_clinical(root: Path) -> pd.DataFrame:
     """The clinical table: ``clinical.csv`` or another CSV with the label column, else the release's
     xlsx (first sheet). Column names are the release's (``Image_filename``, ``Classification``, …)."""
     root = Path(root)
     need = {BREAST["image_column"], BREAST["label_column"]}
     csvs = sorted(root.rglob("*.csv"), key=lambda p: (p.name != "clinical.csv", len(p.parts), str(p)))
-    for f in csvs:
-        try:
-            t = pd.read_csv(f, dtype=str, keep_default_na=False)
-        except Exception:  # not a readable CSV: try the next candidate
+    problems = []
+    for f in [*csvs, *sorted(root.rglob("*.xlsx"))]:
+        try:  # any encoding / delimiter; a damaged file is noted and the next candidate tried
+            t = read_table(f, "clinical table")
+        except StudyError as exc:
+            problems.append(f"{f.relative_to(root)}: {str(exc).split(' — ')[0]}")
             continue
-        if need <= set(t.columns):
+        if need <= set(t.columns):  # malformed rows stay (empty) in attrs["bad_lines"]: scan_external lists them
             t.attrs["source"] = str(f.relative_to(root))
             return t
-    for f in sorted(root.rglob("*.xlsx")):
-        try:
-            t = pd.read_excel(f, sheet_name=0, dtype=str).fillna("")
-        except ImportError as exc:
-            raise DataSourceError(f"cannot read {f.name}: {exc} (pip install openpyxl, or save its first sheet as "
-                                  "clinical.csv beside it)") from None
-        except Exception:  # a broken workbook: try the next candidate
-            continue
-        if need <= set(t.columns):
-            t.attrs["source"] = str(f.relative_to(root))
-            return t
-    raise DataSourceError(f"no clinical table in {root}: need the release's xlsx or a CSV with columns "
-                          f"{', '.join(sorted(need))}")
+    why = f" ({'; '.join(problems)[:200]})" if problems else ""
+    raise DataSourceError(f"no clinical table in {root}{why}: need the release's xlsx or a CSV with columns "
+                          f"{', '.join(sorted(need))} — copy the release's BrEaST-Lesions-USG-clinical-data xlsx beside the images")
 
 
 def birads_group(value: str) -> str:
@@ -175,7 +185,12 @@ def scan_external(root: Path, progress: bool = True) -> ExternalData:
 
     clinical = read_clinical(root)
     rows, listed = [], set()
-    for _, c in clinical.iterrows():
+    malformed = clinical.attrs.get("bad_lines", {})
+    for k, (_, c) in enumerate(clinical.iterrows()):
+        if k in malformed:
+            issues.append({"path": clinical.attrs.get("source", "clinical table"), "kind": "table", "problem": malformed[k],
+                           "action": "row skipped"})
+            continue
         name = str(c[BREAST["image_column"]]).strip()
         listed.add(name.lower())
         info = infos.get(name.lower())
@@ -256,6 +271,7 @@ def _summary(root: Path, table: pd.DataFrame, files: pd.DataFrame, issues: pd.Da
         "clinical_table": source,
         "clinical_xlsx_identical": bool(xlsx) and any(file_sha256(x) == CLINICAL_XLSX_SHA256 for x in xlsx),
         "reference": summarise_reference_check(check), "count_problems": problems,
+        "files_sha256": external_digest(root),
     }
 
 

@@ -5,7 +5,10 @@ and the SHA-256 of its manifest and splits. Every later notebook opens the data 
 :func:`open_run_data` (``report_dir``), which
 
 * reads that summary (no summary: run 00 first),
-* checks that the manifest and splits files in the folder still have the recorded hashes,
+* checks that the manifest and splits files in the folder still have the recorded hashes, that
+  the folder's masks are the recorded ones (the processed-data key covers them: two folders with
+  the same images but other masks never share a folder) and that every raw image and mask the
+  notebooks read (under the folder's ``source.json`` root) still has the bytes the data path saw,
 * checks that every model result already in the report (``results/<model>/metrics.json``,
   e.g. carried over from an earlier run by ``--only``) was made from the same manifest and
   splits.
@@ -21,6 +24,7 @@ import json
 from pathlib import Path
 
 from ..errors import ProvenanceError
+from .images import file_sha256
 from .store import ProcessedData, sha256_of
 
 SUMMARY_NAME = "data_summary.json"
@@ -40,9 +44,9 @@ def read_run_summary(report_dir: Path | str) -> dict:
         summary = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ProvenanceError(f"{path} is unreadable ({exc}) — rerun notebooks/00_download (run_all.py --from 00)") from None
-    if not summary.get("processed_folder") or not summary.get("splits_sha256"):
-        raise ProvenanceError(f"{path} was written by an older version without data hashes — rerun the study from "
-                              "00 (run_all.py --from 00)")
+    if not summary.get("processed_folder") or not summary.get("splits_sha256") or not summary.get("masks_sha256"):
+        raise ProvenanceError(f"{path} was written by an older version without data (or mask) hashes — rerun the study "
+                              "from 00 (run_all.py --from 00)")
     return summary
 
 
@@ -66,6 +70,36 @@ def check_store(store: ProcessedData, summary: dict) -> None:
         if got != want:
             raise ProvenanceError(f"{path} has sha256 {_short(got)} but this run recorded {name} {_short(want)}: the "
                                   "processed data changed after 00 ran — rerun the study from 00 (run_all.py --from 00)")
+    got = store.masks_sha256()
+    if got != summary["masks_sha256"]:
+        raise ProvenanceError(f"the masks of {store.folder} have hash {_short(got)} but this run recorded masks "
+                              f"{_short(summary['masks_sha256'])}: another folder's masks — rerun the study from 00 "
+                              "(run_all.py --from 00)")
+    check_raw_inputs(store)
+
+
+def check_raw_inputs(store: ProcessedData) -> None:
+    """Every image and mask of the manifest, under the raw root the data path read, still has the
+    bytes recorded then (``manifest.csv`` / ``files.csv``): a file replaced, edited or removed after 00
+    is a ProvenanceError naming it."""
+    try:
+        root = store.raw_root()
+    except (OSError, ValueError, KeyError):
+        raise ProvenanceError(f"{store.source} is missing or unreadable — rerun the study from 00 (run_all.py --from 00)") from None
+    files = store.read("files")
+    recorded = dict(zip(files["path"].astype(str), files["sha256"].astype(str)))
+    manifest = store.read("manifest")
+    for image, sha, masks in zip(manifest["path"], manifest["sha256"], manifest["mask_paths"]):
+        wanted = [(image, sha)] + [(m, recorded.get(m, "")) for m in (masks.split(";") if isinstance(masks, str) and masks else [])]
+        for rel, want in wanted:
+            f = root / rel
+            if not f.is_file():
+                raise ProvenanceError(f"{f} is missing: the raw data this run was made from changed after 00 ran — put it "
+                                      "back or rerun the study from 00 (run_all.py --from 00)")
+            got = file_sha256(f)
+            if got != want:
+                raise ProvenanceError(f"{f} changed after 00 ran (sha256 {_short(got)}, recorded {_short(want)}): this run's "
+                                      "results were made from other data — rerun the study from 00 (run_all.py --from 00)")
 
 
 def check_results(report_dir: Path | str, summary: dict) -> list[str]:
@@ -107,5 +141,5 @@ def check_report(report_dir: Path | str) -> dict | None:
     summary = read_run_summary(report_dir)
     check_store(store_of(summary), summary)
     check_results(report_dir, summary)
-    return {"manifest_sha256": summary["manifest_sha256"], "splits_sha256": summary["splits_sha256"],
-            "processed_folder": summary["processed_folder"]}
+    return {"manifest_sha256": summary["manifest_sha256"], "masks_sha256": summary["masks_sha256"],
+            "splits_sha256": summary["splits_sha256"], "processed_folder": summary["processed_folder"]}

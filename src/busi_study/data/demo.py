@@ -18,6 +18,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..errors import from_os_error
+from .store import write_text
+
 DEFAULT_COUNTS = {"normal": 12, "benign": 16, "malignant": 14}
 GENERATOR_VERSION = 1
 
@@ -116,7 +119,13 @@ def _caliper(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _save(path: Path, arr: np.ndarray) -> None:
-    Image.fromarray(arr).save(path, format="PNG", optimize=False)
+    try:
+        Image.fromarray(arr).save(path, format="PNG", optimize=False)
+    except OSError as exc:  # a full or read-only data folder: one line naming the file (PIL names none)
+        converted = from_os_error(exc, path)
+        if converted is None:
+            raise
+        raise converted from None
 
 
 def make_demo_dataset(out_dir: Path, counts: dict[str, int] | None = None, seed: int = 0) -> Path:
@@ -172,7 +181,7 @@ def make_demo_dataset(out_dir: Path, counts: dict[str, int] | None = None, seed:
                 _save(root / label / f"{stem}_mask_1.png", lower)
             else:
                 _save(root / label / f"{stem}_mask.png", mask)
-    stamp_file.write_text(json.dumps(stamp, indent=2) + "\n")
+    write_text(json.dumps(stamp, indent=2) + "\n", stamp_file)
     return root
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ..errors import first_line
+from ..errors import WRITE_ERRNOS, first_line, from_os_error
 from ..info import BUSI, CLASS_INDEX, CLASSES
 from .images import file_sha256, is_high_depth, pixel_sha256, scale_to_uint8, to_uint8
 
@@ -245,9 +245,16 @@ def csv_sha256(df: pd.DataFrame) -> str:
 def write_csv(df: pd.DataFrame, path: Path) -> str:
     """Write a CSV deterministically (LF line ends, no index) and return its SHA-256."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = df.to_csv(index=False, lineterminator="\n").encode()
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError as exc:  # a full or read-only disk: one line naming the file
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        raise from_os_error(exc, path) from None
     return hashlib.sha256(data).hexdigest()

@@ -23,7 +23,7 @@ from .duplicates import candidate_pairs, compute_hashes, distance_histogram, gro
 from .manifest import count_check, csv_sha256, scan_dataset, write_csv
 from .release_check import check_against_reference, summarise_reference_check
 from .splits import check_split_invariants, make_splits, split_table
-from .store import ProcessedData, data_key, sha256_of, write_json
+from .store import ProcessedData, data_key, masks_sha256, sha256_of, write_json
 
 
 @dataclass
@@ -51,7 +51,8 @@ def prepare_data(data: DataParams, splits_params: SplitParams, seed: int, data_d
     data.data_source: ``kaggle``, ``demo``, or a folder / ``.zip`` path; data's hash thresholds link
     near-duplicates (docs/protocol.md §2); splits_params and seed: the grouped CV (docs/protocol.md §3). data_dir: the
     project's ``data/`` folder (raw files are linked or unpacked under ``data/raw``, results go to
-    ``data/processed/<busi|demo>/<manifest-sha12>-<params-sha8>/``, see ``store``).
+    ``data/processed/<busi|demo>/<manifest-sha12>-<key-sha8>/``, the key covering the masks' bytes and
+    the parameters, see ``store``).
     """
     data_source, demo_seed = data.data_source, data.demo_seed
     phash_threshold, dhash_threshold, hash_margin, ssim_min = (data.phash_threshold, data.dhash_threshold,
@@ -60,9 +61,10 @@ def prepare_data(data: DataParams, splits_params: SplitParams, seed: int, data_d
     val_fraction, repeats = splits_params.val_fraction, splits_params.repeats
     acquired = acq.acquire(data_source, Path(data_dir), demo_seed=demo_seed)
     scan = scan_dataset(acquired.root, progress=progress)
-    # the folder is keyed by what produced it (store.py): manifest hash + grouping/split parameters
+    # the folder is keyed by what produced it (store.py): manifest hash + masks hash + grouping/split parameters
+    masks_sha = masks_sha256(scan.manifest, scan.files)
     key = data_key(csv_sha256(scan.manifest), {
-        "phash_threshold": phash_threshold, "dhash_threshold": dhash_threshold, "hash_margin": hash_margin,
+        "masks_sha256": masks_sha, "phash_threshold": phash_threshold, "dhash_threshold": dhash_threshold, "hash_margin": hash_margin,
         "ssim_min": ssim_min, "seed": seed, "n_splits": n_splits, "val_fraction": val_fraction, "repeats": repeats})
     final = ProcessedData.keyed(Path(data_dir), acquired.dataset, key)
     # everything is written to a staging folder first and published at the end: a failed 00 never
@@ -147,6 +149,7 @@ def _write_all(store, acquired, scan, key, final, phash_threshold, dhash_thresho
         "n_issues": int(len(scan.issues)),
         "reference": ref_summary,
         "manifest_sha256": manifest_sha,
+        "masks_sha256": masks_sha256(scan.manifest, scan.files),
         "splits_sha256": splits_sha,
         "data_key": key,
         "processed_folder": str(final.folder.resolve()),

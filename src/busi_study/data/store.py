@@ -1,12 +1,13 @@
 """Where processed data lives: one folder per dataset *and* per what produced it.
 
-``data/processed/<dataset>/<manifest-sha12>-<params-sha8>/`` holds the tables of one data
-path: the first part is the hash of the image manifest (which files, which bytes), the second
-the hash of the grouping and split parameters. Two datasets, or one dataset with two
-``phash_threshold`` values, never share a folder, so a later run cannot overwrite what an
-earlier run's notebooks read. Caches that depend on the manifest only (decoded image arrays,
-frozen-network outputs; their file names carry the manifest hash) live in
-``data/processed/<dataset>/cache/``.
+``data/processed/<dataset>/<manifest-sha12>-<key-sha8>/`` holds the tables of one data
+path: the first part is the hash of the image manifest (which images, which bytes), the second
+the hash of the lesion masks' bytes (:func:`masks_sha256`) and of the grouping and split
+parameters. Two datasets, the same images with other masks, or one dataset with two
+``phash_threshold`` values never share a folder, so a later run cannot overwrite (or read) what
+another run's notebooks read. Caches (decoded image arrays and masks, frozen-network outputs)
+live in ``data/processed/<dataset>/cache/``; their file names carry the hash of what they were
+made from (the manifest for images, the manifest and the masks for mask arrays).
 
 Each step of the data path writes one file that the next step (and every later notebook)
 reads; nothing is recomputed downstream. Notebooks after 00 open the store of *their run*
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from ..errors import WRITE_ERRNOS, from_os_error
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,14 @@ class ProcessedData:
     def read_summary(self) -> dict:
         return json.loads(self.summary.read_text())
 
+    def masks_sha256(self) -> str:
+        """The hash of this data's lesion masks (recorded by the data path; computed for older folders)."""
+        try:
+            recorded = self.read_summary().get("masks_sha256")
+        except (OSError, ValueError):
+            recorded = None
+        return recorded or masks_sha256(self.read("manifest"), self.read("files"))
+
     def splits_of(self, seed: int) -> pd.DataFrame:
         """The rows of ``splits.csv`` of one split seed (train / val / test role of every image per
         outer fold); a seed the file does not hold is a one-line error naming the seeds it has."""
@@ -120,8 +131,21 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def masks_sha256(manifest: pd.DataFrame, files: pd.DataFrame) -> str:
+    """SHA-256 over every lesion mask of the manifest's images, in manifest order (relative path and
+    the SHA-256 of its bytes, from the file table): the masks are an input of the notebooks as the
+    images are (the manifest names the mask files, this hashes what they hold)."""
+    sha = dict(zip(files["path"].astype(str), files["sha256"].astype(str))) if len(files) else {}
+    lines = []
+    for image, masks in zip(manifest["path"], manifest["mask_paths"]):
+        for m in (str(masks).split(";") if isinstance(masks, str) and masks else []):
+            lines.append(f"{image}\t{m}\t{sha.get(m, '')}\n")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
 def data_key(manifest_sha256: str, params: dict) -> str:
-    """``<manifest-sha12>-<params-sha8>``: the processed-data folder name (module docstring)."""
+    """``<manifest-sha12>-<key-sha8>``: the processed-data folder name; ``params`` holds the masks'
+    hash and the grouping and split parameters (module docstring)."""
     blob = json.dumps(params, sort_keys=True, default=str).encode()
     return f"{manifest_sha256[:12]}-{hashlib.sha256(blob).hexdigest()[:8]}"
 
@@ -130,19 +154,27 @@ def data_key(manifest_sha256: str, params: dict) -> str:
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix); on success it replaces ``path``.
 
-    Every writer of report files goes through this (or ``write_json`` / ``write_csv``), so a file
-    is never rewritten in place: a report that hard-links files of an earlier run (``--only``)
-    can replace them without changing the earlier run.
+    Every writer of report files and caches goes through this (or ``write_json`` / ``write_csv``), so a
+    file is never rewritten in place: a report that hard-links files of an earlier run (``--only``)
+    can replace them without changing the earlier run. A full, read-only or forbidden disk ends in a
+    one-line :class:`~busi_study.errors.StorageError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:  # a full or read-only disk: one line naming the file (the OS often names none)
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        raise from_os_error(exc, path) from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            if tmp.exists():
+                tmp.unlink()
+        except OSError:
+            pass
 
 
 def write_text(text: str, path: Path | str) -> None:

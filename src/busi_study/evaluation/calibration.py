@@ -5,6 +5,12 @@ top-label confidence. This module computes it (also in a batched, weighted form 
 bootstrap uses), builds the per-bin table behind a reliability diagram, and fits a single
 temperature on validation logits (Guo et al., 2017) so over-confident models can be rescaled.
 
+Probability tables may lack a class: a binary (benign vs malignant) model leaves ``p_normal`` empty.
+:func:`class_probabilities` normalises over the classes a table has (an empty column counts as 0,
+a column empty in some rows only is refused), :func:`temperature_scale` and
+:func:`fit_temperature_on` scale and fit over those classes only, so an absent class never gets
+probability from a temperature and never turns a metric into NaN.
+
 Bins are right-closed, ``(low, high]``, with the first bin also holding a confidence of exactly
 0; the edges are ``np.linspace(0, 1, n_bins + 1)``. Top-label confidence of a 3-class model is
 always at least 1/3, so the lowest bins of a 15-bin table are always empty.
@@ -16,6 +22,9 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
+
+from ..errors import StudyError
+from ..info import PROBA_COLUMNS
 
 #: Temperatures searched by :func:`fit_temperature` (bounds on T, searched on log T).
 T_BOUNDS: tuple[float, float] = (0.05, 20.0)
@@ -164,3 +173,79 @@ def fit_temperature(logits_val: np.ndarray, y_val: np.ndarray) -> float:
     res = minimize_scalar(lambda log_t: _nll(logits, y, float(np.exp(log_t))), bounds=(lo, hi), method="bounded",
                           options={"xatol": 1e-5})
     return float(np.exp(res.x))
+
+
+def _names(k: int, columns=None) -> list[str]:
+    if columns is not None:
+        return [str(c) for c in columns]
+    return list(PROBA_COLUMNS) if k == len(PROBA_COLUMNS) else [f"column {i}" for i in range(k)]
+
+
+def fill_absent(proba: np.ndarray, columns=None) -> np.ndarray:
+    """A copy of ``proba`` (n, k) whose columns empty (NaN) in every row — classes the model does not
+    output, such as a binary model's ``p_normal`` — are 0. A column empty in some rows only, or a
+    row with no probability at all, is not one model's output: :class:`StudyError` (one line)."""
+    p = np.array(proba, dtype=np.float64)
+    if p.ndim != 2:
+        raise ValueError(f"expected probabilities of shape (n, k), got {p.shape}")
+    empty = np.isnan(p)
+    absent = empty.all(axis=0) if len(p) else np.zeros(p.shape[1], bool)
+    partial = empty.any(axis=0) & ~absent
+    names = _names(p.shape[1], columns)
+    if partial.any():
+        k = int(np.flatnonzero(partial)[0])
+        raise StudyError(f"{names[k]} is empty in {int(empty[:, k].sum())} of {len(p)} rows but not in the others: not the "
+                         "probabilities of one model (a class a model has is in every row, one it lacks in none) — "
+                         "predict again with one model and score that table")
+    if len(p) and absent.all():
+        raise StudyError(f"no probabilities: {', '.join(names)} are empty in every row — predict again (the rows with an "
+                         "error have no probabilities; leave them out)")
+    p[:, absent] = 0.0
+    return p
+
+
+def class_mask(proba: np.ndarray) -> np.ndarray:
+    """(k,) bool: the classes a model gives probability to — columns neither empty nor 0 in every row."""
+    p = np.asarray(proba, dtype=np.float64)
+    if len(p) == 0:
+        return np.ones(p.shape[1], bool)
+    return ~((np.isnan(p)) | (p == 0)).all(axis=0)
+
+
+def class_probabilities(proba: np.ndarray, columns=None) -> np.ndarray:
+    """Rows of ``proba`` (n, k) normalised over the classes the model has (:func:`fill_absent`); a
+    three-class table without empty columns gives exactly ``p / p.sum(axis=1)``."""
+    p = fill_absent(proba, columns)
+    total = p.sum(axis=1, keepdims=True)
+    if len(p) and not (np.isfinite(total).all() and (total > 0).all()):
+        bad = int((~(np.isfinite(total[:, 0]) & (total[:, 0] > 0))).sum())
+        raise StudyError(f"{bad} of {len(p)} rows have no positive probability ({', '.join(_names(p.shape[1], columns))}) "
+                         "— predict again; probabilities must be finite and sum to more than 0")
+    return p / total
+
+
+def temperature_scale(proba: np.ndarray, T: float, has: np.ndarray | None = None) -> np.ndarray:
+    """``softmax(log p / T)`` over the classes the model has (``has``, default :func:`class_mask`);
+    the other columns stay 0. With every class present this is ``apply_temperature(logits_from_proba(p), T)``."""
+    p = fill_absent(proba)
+    has = class_mask(p) if has is None else np.asarray(has, bool)
+    if has.all():
+        return apply_temperature(logits_from_proba(p), T)
+    out = np.zeros_like(p)
+    out[:, has] = apply_temperature(logits_from_proba(p[:, has]), T)
+    return out
+
+
+def fit_temperature_on(proba: np.ndarray, y: np.ndarray) -> float:
+    """:func:`fit_temperature` on probabilities, over the classes the model has (labels must be among them)."""
+    p = fill_absent(proba)
+    y = np.asarray(y, dtype=int)
+    has = class_mask(p)
+    if has.all():
+        return fit_temperature(logits_from_proba(p), y)
+    if not has[y].all():
+        lacking = sorted({int(c) for c in y[~has[y]]})
+        raise StudyError(f"labels of class(es) {', '.join(_names(p.shape[1])[c] for c in lacking)} that the model does not "
+                         "have: a temperature cannot be fitted on them — fit it on images of the model's classes only")
+    position = np.cumsum(has) - 1
+    return fit_temperature(logits_from_proba(p[:, has]), position[y])

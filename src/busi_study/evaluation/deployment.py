@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..info import CLASS_INDEX, CLASSES, PROBA_COLUMNS
-from .calibration import fit_temperature, logits_from_proba
+from .calibration import class_probabilities, fit_temperature_on
 from .metrics import operating_points
 
 PROBA = PROBA_COLUMNS
@@ -36,15 +36,14 @@ def decision_settings(val: pd.DataFrame) -> dict:
     y = val["label"].map(CLASS_INDEX).to_numpy()
     if np.isnan(y.astype(float)).any():
         raise ValueError("validation labels must be one of " + ", ".join(CLASSES))
-    p = val[PROBA].to_numpy(dtype=np.float64)
-    p = p / p.sum(axis=1, keepdims=True)
+    p = class_probabilities(val[PROBA].to_numpy(dtype=np.float64), PROBA)
     op = operating_points(y, p, y, p)
 
     def finite(v: float) -> float | None:
         return float(v) if np.isfinite(v) else None
 
     return {
-        "temperature": float(fit_temperature(logits_from_proba(p), y)),
+        "temperature": float(fit_temperature_on(p, y)),
         "threshold_spec90": finite(op["threshold_spec90"]),
         "threshold_sens90": finite(op["threshold_sens90"]),
         "n_validation": int(len(val)),

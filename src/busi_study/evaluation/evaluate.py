@@ -16,6 +16,7 @@ import pandas as pd
 
 from ..info import CLASS_INDEX, PROBA_COLUMNS
 from .bootstrap import group_bootstrap, resample_weights
+from .calibration import class_probabilities
 from .metrics import classification_metrics, collapse_flags, confusion_matrices, operating_points, per_fold_summary
 
 #: Columns of the comparison table, in order (``auc_malignant`` is reported as ``malignant_auc``).
@@ -24,10 +25,10 @@ HEADLINE = ["accuracy", "balanced_accuracy", "macro_f1", "kappa", "macro_auc", "
 
 
 def arrays(pred: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(y, proba, groups) from a prediction table."""
+    """(y, proba, groups) from a prediction table; probabilities normalised over the classes the
+    model has (a binary model's empty ``p_normal`` is 0: :func:`~.calibration.class_probabilities`)."""
     y = pred["label"].map(CLASS_INDEX).to_numpy()
-    proba = pred[PROBA_COLUMNS].to_numpy(dtype=np.float64)
-    proba = proba / proba.sum(axis=1, keepdims=True)
+    proba = class_probabilities(pred[PROBA_COLUMNS].to_numpy(dtype=np.float64), PROBA_COLUMNS)
     return y, proba, pred["group_id"].astype(str).to_numpy()
 
 

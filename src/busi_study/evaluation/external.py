@@ -23,7 +23,7 @@ import pandas as pd
 
 from ..info import CLASS_INDEX, CLASSES, PROBA_COLUMNS
 from .bootstrap import CHUNK, resample_weights
-from .calibration import apply_temperature, ece_batch, fit_temperature, logits_from_proba
+from .calibration import class_mask, class_probabilities, ece_batch, fill_absent, fit_temperature_on, temperature_scale
 from .metrics import ECE_BINS, _safe_div, auc_batch, operating_points
 
 PROBA = PROBA_COLUMNS
@@ -65,11 +65,10 @@ def settings_from_validation(val: pd.DataFrame, positive: str = "malignant", neg
     Raises ValueError when the validation table holds no such images.
     """
     y = val["label"].map(CLASS_INDEX).to_numpy()
-    p = val[PROBA].to_numpy(dtype=float)
-    p = p / p.sum(axis=1, keepdims=True)
     if y.size == 0:
         raise ValueError("no validation predictions")
-    temperature = fit_temperature(logits_from_proba(p), y)
+    p = class_probabilities(val[PROBA].to_numpy(dtype=float), PROBA)
+    temperature = fit_temperature_on(p, y)
     keep = val["label"].isin([positive, *negatives]).to_numpy()
     if not keep.any():
         raise ValueError(f"no validation images labelled {positive} or {', '.join(negatives)}")
@@ -91,12 +90,12 @@ def settings_from_validation(val: pd.DataFrame, positive: str = "malignant", neg
 
 def binary_arrays(labels: Sequence[str], proba: np.ndarray, positive: str = "malignant",
                   negatives: Sequence[str] = ("benign",)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(keep mask, y class indices, probabilities) of the rows in the binary task."""
+    """(keep mask, y class indices, probabilities) of the rows in the binary task; probabilities
+    normalised over the classes the model has (an empty class column counts as 0)."""
     lab = np.asarray(labels, dtype=object)
     keep = np.isin(lab, [positive, *negatives])
     y = np.array([CLASS_INDEX[v] for v in lab[keep]], dtype=np.int64)
-    p = np.asarray(proba, dtype=float)[keep]
-    return keep, y, p / p.sum(axis=1, keepdims=True)
+    return keep, y, class_probabilities(np.asarray(proba, dtype=float)[keep], PROBA)
 
 
 def _metrics_batch(y: np.ndarray, p: np.ndarray, p_t: np.ndarray, thr: Mapping[str, np.ndarray], w: np.ndarray,
@@ -158,9 +157,10 @@ def binary_table(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, temperatu
     if y.size == 0:
         raise ValueError("no images in the binary task")
     temps = np.broadcast_to(np.asarray(temperature, dtype=float), (y.size,))
-    logits = logits_from_proba(p)
-    p_t = np.vstack([apply_temperature(logits[i : i + 1], float(temps[i])) for i in range(y.size)]) \
-        if np.unique(temps).size > 1 else apply_temperature(logits, float(temps[0]))
+    p = fill_absent(p, PROBA)  # a class the model lacks (empty column) is 0
+    has = class_mask(p)  # the model's classes: a temperature never gives an absent class probability
+    p_t = np.vstack([temperature_scale(p[i : i + 1], float(temps[i]), has) for i in range(y.size)]) \
+        if np.unique(temps).size > 1 else temperature_scale(p, float(temps[0]), has)
     thr = _per_image(thresholds, y.size)
     pos = CLASS_INDEX[positive]
     point = _metrics_batch(y, p, p_t, thr, np.ones((1, y.size)), pos)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..data.store import atomic_path
 from .augment import AugmentConfig, views_batch
 
 
@@ -53,11 +54,8 @@ def frozen_outputs(
         out[v, idx] = np.asarray(extractor(x, training=False))
     seconds = time.perf_counter() - t0
     if cache_path is not None:
-        cache_path = Path(cache_path)
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_name(cache_path.stem + ".tmp.npy")
-        np.save(tmp, out)
-        tmp.replace(cache_path)
+        with atomic_path(Path(cache_path)) as tmp:  # a full disk: one line naming the cache file
+            np.save(tmp, out)
     return out, {"seconds": round(seconds, 1), "cached": False, "path": str(cache_path) if cache_path else None}
 
 

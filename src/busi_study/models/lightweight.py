@@ -34,7 +34,7 @@ import pandas as pd
 
 from ..data.arrays import labels_and_groups, load_image_array
 from ..data.augmented_split import augmented_pool, leak_counts, random_split, views_needed
-from ..data.store import ProcessedData, sha256_of
+from ..data.store import ProcessedData, atomic_path, sha256_of
 from ..evaluation.metrics import classification_metrics
 from ..info import PROBA_COLUMNS
 from ..params import AugmentParams, ModelParams, S4Params
@@ -177,12 +177,9 @@ def multiscale_outputs(extractor, images: np.ndarray, n_views: int, seed: int, a
         for o, r in zip(outs, res):
             o[v, idx] = np.asarray(r)
     seconds = time.perf_counter() - t0
-    if paths:
-        paths[0].parent.mkdir(parents=True, exist_ok=True)
-        for p, o in zip(paths, outs):
-            tmp = p.with_name(p.stem + ".tmp.npy")
+    for p, o in zip(paths or [], outs):
+        with atomic_path(p) as tmp:  # a full disk: one line naming the cache file
             np.save(tmp, o)
-            tmp.replace(p)
     return tuple(outs), {"seconds": round(seconds, 1), "cached": False}
 
 

@@ -19,7 +19,9 @@ of rewriting them in place, so the earlier run is never changed. ``run_all.py --
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
 import json
 import os
 import re
@@ -32,7 +34,16 @@ from typing import Any
 
 from .. import provenance
 from ..data.store import write_json, write_text
-from ..errors import EXIT_FAILED, ParameterError, ProvenanceError, StudyError, first_line, from_os_error
+from ..errors import (
+    EXIT_FAILED,
+    WRITE_ERRNOS,
+    ParameterError,
+    ProvenanceError,
+    StorageError,
+    StudyError,
+    first_line,
+    from_os_error,
+)
 from ..info import DEMO_BANNER
 from ..models.determinism import export_environment
 
@@ -56,6 +67,7 @@ class RunConfig:
     argv: list[str] = field(default_factory=list)
     kernel_name: str | None = None
     progress: bool = True
+    origins: dict[str, str] = field(default_factory=dict)  # parameter -> the option that set it (--set, --seed, …)
 
     @property
     def demo(self) -> bool:
@@ -202,9 +214,18 @@ def clean_failed(reports_dir: Path, say=print) -> list[Path]:
     """Remove failed and incomplete runs (``run_all.py --clean-failed``); return what was removed."""
     removed = []
     for p in failed_runs(reports_dir):
-        reason = (p / "FAILED.txt").read_text().strip() if (p / "FAILED.txt").exists() else "incomplete (interrupted)"
+        try:
+            reason = (p / "FAILED.txt").read_text().strip() if (p / "FAILED.txt").exists() else "incomplete (interrupted)"
+        except OSError:
+            reason = "failed"
         say(f"removing {p.name}: {reason.splitlines()[0] if reason else 'incomplete'}")
-        shutil.rmtree(p)
+        try:
+            shutil.rmtree(p)
+        except OSError as exc:  # a read-only or foreign folder: say what could not be removed, not "write"
+            why = {errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                   errno.EPERM: "operation not permitted"}.get(exc.errno, exc.strerror or first_line(exc))
+            raise StorageError(f"cannot remove the failed run {p.name} from {reports_dir} ({why}; {len(removed)} removed "
+                               "before it) — make the reports folder writable, or remove the run by hand") from None
         removed.append(p)
     say(f"{len(removed)} failed or incomplete run(s) removed from {reports_dir}")
     return removed
@@ -233,13 +254,38 @@ def carried_parameter_differences(notebooks: list[Path], params: dict[str, Any],
     """For each notebook about to be carried over, the declared parameters whose value here differs
     from the value in the run it comes from (runner-set keys aside): ``["01_splits: seed 7 ≠ 42"]``."""
     out = []
+    for nb, keys in differing_parameters(notebooks, params, previous_params).items():
+        out.append(f"{nb.stem}: {', '.join(f'{k} {params.get(k)!r} ≠ {previous_params.get(k)!r}' for k in keys)}")
+    return out
+
+
+def differing_parameters(notebooks: list[Path], params: dict[str, Any], previous_params: dict[str, Any]) -> dict[Path, list[str]]:
+    """Notebook → its declared parameters whose value here differs from the run it would be carried from."""
+    out = {}
     for nb in notebooks:
         here = notebook_parameters(nb, params)
-        diff = [f"{k} {here[k]!r} ≠ {previous_params.get(k)!r}" for k in sorted(here)
-                if k not in RUNNER_PARAMS and here[k] != previous_params.get(k)]
-        if diff:
-            out.append(f"{nb.stem}: {', '.join(diff)}")
+        keys = [k for k in sorted(here) if k not in RUNNER_PARAMS and here[k] != previous_params.get(k)]
+        if keys:
+            out[nb] = keys
     return out
+
+
+#: What to do about a parameter that differs from the run being built on, by the option that set it.
+_OPTION_HINTS = {"--set": "drop --set {key}", "--seed": "drop --seed (that run used {old!r})",
+                 "--strict": "drop --strict", "--external": "give --external {old} as that run did"}
+
+
+def _difference_hint(keys: set[str], origins: dict[str, str], previous_params: dict[str, Any]) -> str:
+    """How to make the parameters match the run being built on, naming the options actually given."""
+    hints = []
+    for key in sorted(keys):
+        origin = origins.get(key)
+        old = previous_params.get(key)
+        if origin in _OPTION_HINTS:
+            hints.append(_OPTION_HINTS[origin].format(key=key, old=old))
+        else:  # the profile gives another value than that run had
+            hints.append(f"--set {key}={old if old is not None else 'null'} as that run had")
+    return "; ".join(dict.fromkeys(hints))
 
 
 def previous_complete_run(reports_dir: Path, demo: bool, profile: str | list[str], data_source: str) -> Path | None:
@@ -261,9 +307,17 @@ def previous_complete_run(reports_dir: Path, demo: bool, profile: str | list[str
             continue
         same = (meta.get("ok") and bool(meta.get("demo")) == demo and meta.get("profile") == profile
                 and meta.get("params", {}).get("data_source") == data_source)
-        if same and (best is None or meta["started_utc"] > best[0]):
-            best = (meta["started_utc"], run)
+        # runs started in the same second are told apart by the number new_run_id appended (-2, -3, …)
+        order = (meta["started_utc"], _same_second_number(run.name))
+        if same and (best is None or order > best[0]):
+            best = (order, run)
     return best[1].resolve() if best else None
+
+
+def _same_second_number(run_id: str) -> int:
+    """1 for ``<stamp>-<profile>[-demo]``, k for the k-th run of that second (``…-k``, :func:`new_run_id`)."""
+    m = re.match(r"^\d{8}T\d{6}Z-.*-(\d+)$", run_id)
+    return int(m.group(1)) if m else 1
 
 
 def _file_ids(run_dir: Path) -> dict[str, tuple[int, int]]:
@@ -346,7 +400,19 @@ def _data_lines(run_dir: Path) -> list[str]:
     return lines
 
 
-def _mkdir(path: Path) -> None:
+def _external_lines(run_dir: Path) -> list[str]:
+    """Why notebook 08 skipped the external validation (its first sentence), for the console."""
+    try:
+        skipped = json.loads((run_dir / "external_summary.json").read_text()).get("skipped")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not skipped:
+        return []
+    return [f"external validation skipped: {str(skipped).split('. ')[0]} (run_all.py --external PATH; see the notebook)"]
+
+
+def _mkdir(path: Path, option: str = "--reports-dir") -> None:
+    check_folder_path(path, option)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -354,6 +420,51 @@ def _mkdir(path: Path) -> None:
         if converted is None:
             raise
         raise converted from None
+
+
+def check_folder_path(path: Path, option: str) -> None:
+    """A folder the study writes to (``--reports-dir``, ``--data-dir``) must not be a file, nor lie below one."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == path else f"lies below {p}, which is a file"
+                raise StudyError(f"{option} {path} {what}, not a folder — choose a folder (it is created if missing)")
+            return
+
+
+@contextlib.contextmanager
+def kernel_output_to(log: Path):
+    """Send this process's stdout and stderr (file descriptors 1 and 2, which the kernel papermill starts
+    inherits) to ``log`` while a notebook runs: Jupyter's "Kernel is running over TCP without
+    encryption" warning and TensorFlow's oneDNN / absl lines go to the run's log, not the console.
+    Yields a text stream on the console's stderr for what the user should see (the progress bar)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:  # no console descriptors (a daemon): nothing to keep apart
+        yield sys.stderr
+        return
+    log.unlink(missing_ok=True)  # a new file: never append to a log hard-linked from the run this one builds on
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    console = os.fdopen(os.dup(saved[1]), "w", buffering=1, encoding="utf-8", errors="replace")
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield console
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (fd, *saved):
+            os.close(f)
+        console.close()
 
 
 def run_study(cfg: RunConfig) -> int:
@@ -368,6 +479,7 @@ def run_study(cfg: RunConfig) -> int:
     repo = cfg.repo.resolve()
     reports_dir = (cfg.reports_dir or repo / "reports").resolve()
     data_dir = (cfg.data_dir or repo / "data").resolve()
+    check_folder_path(data_dir, "--data-dir")
     _mkdir(reports_dir)
     notebooks = select_notebooks(discover_notebooks(repo / "notebooks"), cfg.only, cfg.start_from)
     if not notebooks:
@@ -383,6 +495,7 @@ def run_study(cfg: RunConfig) -> int:
     run_dir = reports_dir / run_id
     latest = reports_dir / "latest"
     previous = latest.resolve() if latest.exists() else None
+    latest_target = previous  # what reports/latest points to: never changed by a failed run
     partial = bool(cfg.only or cfg.start_from)
     carried: dict[str, dict] = {}
     if partial:
@@ -399,148 +512,220 @@ def run_study(cfg: RunConfig) -> int:
             carried_nbs = [nb for nb in discover_notebooks(repo / "notebooks")
                            if nb not in notebooks and (previous / "notebooks" / nb.name).exists()]
             prev_params = json.loads((previous / "run.json").read_text()).get("params", {})
-            diffs = carried_parameter_differences(carried_nbs, cfg.params, prev_params)
-            if diffs:
+            _keep_external_set(cfg, previous, prev_params)
+            differing = differing_parameters(carried_nbs, cfg.params, prev_params)
+            if differing:
+                diffs = carried_parameter_differences(list(differing), cfg.params, prev_params)
+                keys = {k for ks in differing.values() for k in ks}
+                first_nb = min(differing).stem.split("_")[0]
                 raise StudyError(f"cannot build on run {previous.name}: notebooks it would carry over ran with other "
-                                 f"parameters ({'; '.join(diffs)[:300]}) — rerun them too (--from) or drop the --set")
+                                 f"parameters ({'; '.join(diffs)[:300]}) — rerun them too (--from {first_nb}) or "
+                                 f"{_difference_hint(keys, cfg.origins, prev_params)}")
+            check_carried_external(previous, carried_nbs, cfg.params.get("external_data"))
             prev_profile = json.loads((previous / "run.json").read_text()).get("profile")
             if prev_profile != cfg.profile:
                 _say(f"No complete '{cfg.profile}' run to extend: building on the '{prev_profile}' run {previous.name} "
                      f"('{cfg.profile}' inherits it; the carried notebooks' parameters are identical)")
     _mkdir(run_dir)
     write_json({"pid": os.getpid(), "started_utc": dt.datetime.now(dt.timezone.utc).isoformat()}, run_dir / "RUNNING")
-    if partial and previous is not None:
-        # build on the newest complete run: hard links, minus the outputs of the notebooks rerun here
-        prev_meta = json.loads((previous / "run.json").read_text())
-        rerun = {nb.stem for nb in notebooks}
-        skip = {f"notebooks/{nb.name}" for nb in notebooks} | {f"html/{nb.stem}.html" for nb in notebooks}
-        # what the rerun notebooks wrote there (results, models, tables, figures) is not carried: a model
-        # that a rerun no longer makes must not linger in this run's comparison, report or app
-        stale, unknown = outputs_of(prev_meta, rerun)
-        skip |= stale
-        if unknown:
-            _say(f"Run {previous.name} does not record what {', '.join(unknown)} wrote (it predates that record): its "
-                 "files are carried over and replaced where this run writes them again; a model the rerun no longer "
-                 "makes would stay — check the comparison table")
-        link_stats = carry_over(previous, run_dir, skip)
-        carried = {n["name"]: {**n, "from_run": n.get("from_run") or prev_meta.get("run_id")}
-                   for n in prev_meta.get("notebooks", []) if n["name"] not in rerun}
-        _say(f"Building on complete run {previous.name}: carrying over {', '.join(sorted(carried)) or 'nothing'} "
-             f"({link_stats['linked']} files hard-linked, {link_stats['copied']} copied, "
-             f"{link_stats['copied_bytes'] / 1e6:.1f} MB of new disk space)")
-
-    kernel = _kernel(cfg.kernel_name)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # kernels inherit it: no TensorFlow banner in the notebooks
-    determinism_env = export_environment()  # PYTHONHASHSEED, TF_DETERMINISTIC_OPS for the kernels
-    base_params = {
-        **cfg.params,
-        "data_dir": str(data_dir),
-        "report_dir": str(run_dir),
-        "demo": cfg.demo,
-        "profile": cfg.profile,
-        "run_id": run_id,
-    }
-    meta = {
-        "run_id": run_id,
-        "profile": cfg.profile,
-        "command": " ".join(cfg.argv) if cfg.argv else None,
-        "started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "git": provenance.git_info(repo),
-        "params": base_params,
-        "packages": provenance.package_versions(),
-        "hardware": provenance.hardware(),
-        "kernel": kernel,
-        "demo": cfg.demo,
-        "partial_of": previous.name if (partial and previous) else None,
-        "determinism_environment": determinism_env,
-    }
-    status: dict[str, dict] = dict(carried)
-    t_run = time.perf_counter()
-    _say(f"Run {run_id}: {len(notebooks)} notebook(s), profile '{cfg.profile}'"
-         f"{' on DEMO data' if cfg.demo else ''}; output in {run_dir}")
-    failed = None
-    interrupted = False
     try:
-        for i, nb in enumerate(notebooks, 1):
-            executed = run_dir / "notebooks" / nb.name
-            html = run_dir / "html" / f"{nb.stem}.html"
-            executed.parent.mkdir(parents=True, exist_ok=True)
-            params = notebook_parameters(nb, base_params)
-            _say(f"[{i}/{len(notebooks)}] {nb.stem} …")
-            t0 = time.perf_counter()
-            error = None
-            before = _file_ids(run_dir)
-            status[nb.stem] = {"name": nb.stem, "ok": False, "wall_s": None, "error": "running",
-                               "ipynb": f"notebooks/{nb.name}", "html": f"html/{nb.stem}.html", "from_run": None}
-            try:
-                pm.execute_notebook(str(nb), str(executed), parameters=params, kernel_name=kernel,
-                                    cwd=str(nb.parent), progress_bar=cfg.progress, log_output=False,
-                                    request_save_on_cell_execute=True)
-            except pm.PapermillExecutionError as exc:
-                error = _short_error(exc)
-            except KeyboardInterrupt:
-                error = "interrupted (KeyboardInterrupt): the notebook did not finish"
-                interrupted = True
-            except Exception as exc:  # kernel died, dependency missing, …
-                error = f"{type(exc).__name__}: {first_line(exc, 300)}"
-            wall = round(time.perf_counter() - t0, 1)
-            if executed.exists() and not interrupted:
-                try:
-                    render_html(executed, html, cfg.demo)
-                except Exception as exc:  # the executed notebook stays the primary record
-                    _say(f"    (HTML export failed: {type(exc).__name__}: {exc})")
-            status[nb.stem].update(ok=error is None, wall_s=wall, error=error, outputs=written_since(before, run_dir))
-            if error:
-                failed = (nb, error, executed)
-                break
-            _say(f"    done in {wall:.1f} s")
-            if nb.stem.startswith("00_"):  # the data check, on the console as well as on the front page
-                for line in _data_lines(run_dir):
-                    _say(f"    {line}")
-    except KeyboardInterrupt:  # between notebooks
-        interrupted = True
-        failed = (notebooks[0], "interrupted (KeyboardInterrupt)", run_dir)
+        if partial and previous is not None:
+            # build on the newest complete run: hard links, minus the outputs of the notebooks rerun here
+            prev_meta = json.loads((previous / "run.json").read_text())
+            rerun = {nb.stem for nb in notebooks}
+            skip = {f"notebooks/{nb.name}" for nb in notebooks} | {f"html/{nb.stem}.html" for nb in notebooks}
+            # what the rerun notebooks wrote there (results, models, tables, figures) is not carried: a model
+            # that a rerun no longer makes must not linger in this run's comparison, report or app
+            stale, unknown = outputs_of(prev_meta, rerun)
+            skip |= stale
+            if unknown:
+                _say(f"Run {previous.name} does not record what {', '.join(unknown)} wrote (it predates that record): its "
+                     "files are carried over and replaced where this run writes them again; a model the rerun no longer "
+                     "makes would stay — check the comparison table")
+            link_stats = carry_over(previous, run_dir, skip)
+            carried = {n["name"]: {**n, "from_run": n.get("from_run") or prev_meta.get("run_id")}
+                       for n in prev_meta.get("notebooks", []) if n["name"] not in rerun}
+            _say(f"Building on complete run {previous.name}: carrying over {', '.join(sorted(carried)) or 'nothing'} "
+                 f"({link_stats['linked']} files hard-linked, {link_stats['copied']} copied, "
+                 f"{link_stats['copied_bytes'] / 1e6:.1f} MB of new disk space)")
 
-    hashes = None
-    if failed is None:
-        try:  # the report's data, splits and model results must belong together
-            hashes = check_report_data(run_dir)
-        except ProvenanceError as exc:
-            failed = (notebooks[-1], f"ProvenanceError: {exc}", run_dir)
+        kernel = _kernel(cfg.kernel_name)
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # kernels inherit it: no TensorFlow banner in the notebooks
+        determinism_env = export_environment()  # PYTHONHASHSEED, TF_DETERMINISTIC_OPS for the kernels
+        base_params = {
+            **cfg.params,
+            "data_dir": str(data_dir),
+            "report_dir": str(run_dir),
+            "demo": cfg.demo,
+            "profile": cfg.profile,
+            "run_id": run_id,
+        }
+        meta = {
+            "run_id": run_id,
+            "profile": cfg.profile,
+            "command": " ".join(cfg.argv) if cfg.argv else None,
+            "started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "git": provenance.git_info(repo),
+            "params": base_params,
+            "packages": provenance.package_versions(),
+            "hardware": provenance.hardware(),
+            "kernel": kernel,
+            "demo": cfg.demo,
+            "partial_of": previous.name if (partial and previous) else None,
+            "determinism_environment": determinism_env,
+        }
+        status: dict[str, dict] = dict(carried)
+        t_run = time.perf_counter()
+        _say(f"Run {run_id}: {len(notebooks)} notebook(s), profile '{cfg.profile}'"
+             f"{' on DEMO data' if cfg.demo else ''}; output in {run_dir}")
+        failed = None
+        failed_log = None
+        interrupted = False
+        try:
+            for i, nb in enumerate(notebooks, 1):
+                executed = run_dir / "notebooks" / nb.name
+                html = run_dir / "html" / f"{nb.stem}.html"
+                executed.parent.mkdir(parents=True, exist_ok=True)
+                params = notebook_parameters(nb, base_params)
+                _say(f"[{i}/{len(notebooks)}] {nb.stem} …")
+                t0 = time.perf_counter()
+                error = None
+                before = _file_ids(run_dir)
+                status[nb.stem] = {"name": nb.stem, "ok": False, "wall_s": None, "error": "running",
+                                   "ipynb": f"notebooks/{nb.name}", "html": f"html/{nb.stem}.html", "from_run": None}
+                log = run_dir / "logs" / f"{nb.stem}.log"
+                try:  # the kernel's own noise (Jupyter, TensorFlow) goes to the log, the progress bar to the console
+                    with kernel_output_to(log) as console:
+                        pm.execute_notebook(str(nb), str(executed), parameters=params, kernel_name=kernel,
+                                            cwd=str(nb.parent), progress_bar={"file": console} if cfg.progress else False,
+                                            log_output=False, request_save_on_cell_execute=True)
+                except pm.PapermillExecutionError as exc:
+                    error = _short_error(exc)
+                except KeyboardInterrupt:
+                    error = "interrupted (KeyboardInterrupt): the notebook did not finish"
+                    interrupted = True
+                except OSError as exc:  # e.g. the executed notebook cannot be saved: a full or read-only reports folder
+                    converted = from_os_error(exc, executed) if exc.errno in WRITE_ERRNOS else None
+                    error = f"{type(converted or exc).__name__}: {first_line(converted or exc, 300)}"
+                except Exception as exc:  # kernel died, dependency missing, …
+                    error = f"{type(exc).__name__}: {first_line(exc, 300)}"
+                wall = round(time.perf_counter() - t0, 1)
+                if executed.exists() and not interrupted:
+                    try:
+                        render_html(executed, html, cfg.demo)
+                    except Exception as exc:  # the executed notebook stays the primary record
+                        _say(f"    (HTML export failed: {type(exc).__name__}: {exc})")
+                status[nb.stem].update(ok=error is None, wall_s=wall, error=error, outputs=written_since(before, run_dir))
+                if error:
+                    failed = (nb, error, executed)
+                    failed_log = log
+                    break
+                _say(f"    done in {wall:.1f} s")
+                if nb.stem.startswith("00_"):  # the data check, on the console as well as on the front page
+                    for line in _data_lines(run_dir):
+                        _say(f"    {line}")
+                if nb.stem.startswith("08_"):  # a skipped external validation, on the console as well
+                    for line in _external_lines(run_dir):
+                        _say(f"    {line}")
+        except KeyboardInterrupt:  # between notebooks
+            interrupted = True
+            failed = (notebooks[0], "interrupted (KeyboardInterrupt)", run_dir)
 
-    meta["models"] = None if interrupted else _model_summary(run_dir, base_params, cfg.demo)
-    meta["notebooks"] = [status[k] for k in sorted(status)]
-    meta["wall_s"] = round(time.perf_counter() - t_run, 1)
-    meta["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    meta["ok"] = failed is None
-    meta["interrupted"] = interrupted
-    meta["data"] = _data_summary(run_dir, base_params)
-    meta["data_hashes"] = hashes
-    write_json(meta, run_dir / "run.json")
-    if not interrupted:
-        write_index(run_dir, meta)
+        hashes = None
+        if failed is None:
+            try:  # the report's data, splits and model results must belong together
+                hashes = check_report_data(run_dir)
+            except ProvenanceError as exc:
+                failed = (notebooks[-1], f"ProvenanceError: {exc}", run_dir)
 
-    if failed:
-        nb, error, executed = failed
-        write_text(f"{nb.stem}: {error}\n", run_dir / "FAILED.txt")
+        meta["models"] = None if interrupted else _model_summary(run_dir, base_params, cfg.demo)
+        meta["notebooks"] = [status[k] for k in sorted(status)]
+        meta["wall_s"] = round(time.perf_counter() - t_run, 1)
+        meta["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        meta["ok"] = failed is None
+        meta["interrupted"] = interrupted
+        meta["data"] = _data_summary(run_dir, base_params)
+        meta["data_hashes"] = hashes
+        write_json(meta, run_dir / "run.json")
+        if not interrupted:
+            write_index(run_dir, meta)
+
+        if failed:
+            nb, error, executed = failed
+            write_text(f"{nb.stem}: {error}\n", run_dir / "FAILED.txt")
+            (run_dir / "RUNNING").unlink(missing_ok=True)
+            keep = f"; the previous report is still at {latest} -> {latest_target.name}" if latest_target else ""
+            if interrupted:
+                print(f"INTERRUPTED: {nb.stem}: run {run_id} is incomplete and will never be built on{keep}",
+                      file=sys.stderr, flush=True)
+                raise KeyboardInterrupt
+            log_line = f"\n  kernel log: {failed_log}" if failed_log is not None and failed_log.exists() else ""
+            print(f"FAILED: {nb.stem}: {error}\n  partial output: {executed}{keep}{log_line}", file=sys.stderr, flush=True)
+            for line in _data_lines(run_dir):
+                print(line, file=sys.stderr, flush=True)
+            return EXIT_FAILED
+        # complete: the marker is the last file written, atomically; only then does latest move
         (run_dir / "RUNNING").unlink(missing_ok=True)
-        keep = f"; the previous report is still at {latest} -> {previous.name}" if previous else ""
-        if interrupted:
-            print(f"INTERRUPTED: {nb.stem}: run {run_id} is incomplete and will never be built on{keep}",
-                  file=sys.stderr, flush=True)
-            raise KeyboardInterrupt
-        print(f"FAILED: {nb.stem}: {error}\n  partial output: {executed}{keep}", file=sys.stderr, flush=True)
+        write_json({"run_id": run_id, "finished_utc": meta["finished_utc"], "data_hashes": hashes}, run_dir / COMPLETE)
+        _switch_latest(reports_dir, run_dir)
         for line in _data_lines(run_dir):
-            print(line, file=sys.stderr, flush=True)
-        return EXIT_FAILED
-    # complete: the marker is the last file written, atomically; only then does latest move
-    (run_dir / "RUNNING").unlink(missing_ok=True)
-    write_json({"run_id": run_id, "finished_utc": meta["finished_utc"], "data_hashes": hashes}, run_dir / COMPLETE)
-    _switch_latest(reports_dir, run_dir)
-    for line in _data_lines(run_dir):
-        _say(line)
-    _say(f"Report ready in {meta['wall_s']:.0f} s: {run_dir / 'index.html'}  (also {latest / 'index.html'})")
-    return 0
+            _say(line)
+        _say(f"Report ready in {meta['wall_s']:.0f} s: {run_dir / 'index.html'}  (also {latest / 'index.html'})")
+        return 0
+    except OSError as exc:  # a full or read-only reports folder: one line naming it, never a traceback
+        converted = from_os_error(exc, run_dir) if exc.errno in WRITE_ERRNOS else None
+        if converted is None:
+            raise
+        _failed_note(run_dir, str(converted))
+        raise converted from None
+    except StorageError as exc:
+        _failed_note(run_dir, str(exc))
+        raise
+    finally:  # never a stale RUNNING marker, whatever happened
+        try:
+            (run_dir / "RUNNING").unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _failed_note(run_dir: Path, reason: str) -> None:
+    """Best effort: FAILED.txt saying why the runner itself stopped (the disk may be full)."""
+    try:
+        if not (run_dir / "FAILED.txt").exists():
+            write_text(f"runner: {reason}\n", run_dir / "FAILED.txt")
+    except (OSError, StudyError):
+        pass
+
+
+def _keep_external_set(cfg: RunConfig, previous: Path, prev_params: dict[str, Any]) -> None:
+    """An --only/--from run without --external keeps the external set of the run it builds on (its
+    carried notebook 08 was made with it), and says so; --external or --set external_data change it."""
+    if cfg.params.get("external_data") or "external_data" in cfg.origins or not prev_params.get("external_data"):
+        return
+    cfg.params["external_data"] = prev_params["external_data"]
+    _say(f"Keeping the external set of run {previous.name}: {prev_params['external_data']} "
+         "(give --external PATH to use another)")
+
+
+def check_carried_external(previous: Path, carried: list[Path], external_data: str | None) -> None:
+    """A carried-over external validation must describe the external set as it is now: its recorded
+    files hash (``external_summary.json``) against the folder's (``data.breast.external_digest``)."""
+    if not external_data or not any(nb.stem.startswith("08_") for nb in carried):
+        return
+    try:
+        recorded = json.loads((previous / "external_summary.json").read_text()).get("data", {}).get("files_sha256")
+    except (OSError, ValueError, AttributeError):
+        return
+    if not recorded or not Path(external_data).is_dir():
+        return
+    from ..data.breast import external_digest
+
+    now = external_digest(Path(external_data))
+    if now != recorded:
+        nb = next(nb.stem for nb in carried if nb.stem.startswith("08_"))
+        raise StudyError(f"the external set at {external_data} changed since run {previous.name} ran {nb} (files hash "
+                         f"{now[:12]}, recorded {recorded[:12]}): its results would describe other images — rerun it "
+                         f"too (add {nb.split('_')[0]} to --only, or --from)")
 
 
 def check_report_data(run_dir: Path) -> dict | None:
