@@ -101,4 +101,8 @@ CHOICES = {
     "gradcam_method": ("gradcam", "gradcam++"),
     # S4's training variants (models/lightweight.py)
     "s4_variant": ("faithful", "early_stopped"),
+    # how an image becomes a square input (data/images.py)
+    "fit": ("stretch", "pad"),
+    # which of a model's exported forms the app, predict and notebook 08 use by default (studies/multitask_run.py)
+    "deployed": ("final", "fold_ensemble"),
 }

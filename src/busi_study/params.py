@@ -292,6 +292,27 @@ class S1Params:
 
 
 @dataclasses.dataclass(frozen=True)
+class MultitaskParams:
+    """The multi-task U-Net of notebook 05 (models/multitask.py): the S0 recipe's network and training
+    (``s0_*``: blocks fine-tuned, dropout, both phases) with a decoder; its own input size and fit, the
+    decoder's width, the weight of the mask loss, lesion-keeping crops, the outline's candidate thresholds
+    and smallest regions (chosen on inner validation), the deployed form, and the training seeds of the
+    comparison with S0."""
+
+    PREFIX: ClassVar[str] = "mt_"
+    input_size: int
+    fit: str = _one_of("fit")
+    decoder_channels: int
+    mask_weight: float
+    crop_prob: float
+    crop_min_side: float
+    thresholds: list[float]
+    min_areas: list[float]
+    deployed: str = _one_of("deployed")
+    seeds: list[int]
+
+
+@dataclasses.dataclass(frozen=True)
 class TFLiteParams:
     """On-device export (notebook 06): full-int8 calibration images (from training data only),
     latency runs after a warm-up, and how many folds' out-of-fold images measure the agreement."""
@@ -323,7 +344,8 @@ SCALARS: dict[str, type] = {"seed": int, "figure_dpi": int}
 SECTIONS: dict[str, type] = {
     "data": DataParams, "splits": SplitParams, "figures": FigureParams, "models": ModelParams,
     "augment": AugmentParams, "bootstrap": BootstrapParams, "source": SourceProtocolParams, "s2": S2Params,
-    "s3": S3Params, "benchmark": BenchmarkParams, "s0": S0Params, "explain": ExplainParams, "s1": S1Params, "s4": S4Params,
+    "s3": S3Params, "benchmark": BenchmarkParams, "s0": S0Params, "explain": ExplainParams, "s1": S1Params,
+    "mt": MultitaskParams, "s4": S4Params,
     "tflite": TFLiteParams, "external": ExternalParams,
 }
 
@@ -494,6 +516,7 @@ class StudyParams:
     s0: S0Params | None = None
     explain: ExplainParams | None = None
     s1: S1Params | None = None
+    mt: MultitaskParams | None = None
     s4: S4Params | None = None
     tflite: TFLiteParams | None = None
     external: ExternalParams | None = None

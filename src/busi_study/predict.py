@@ -87,6 +87,10 @@ def load_model(path: Path):
     except (OSError, ValueError):
         card = {}  # the card is documentation; a broken one does not stop a prediction
     pipeline = card.get("pipeline") if isinstance(card, dict) else None
+    from .models.ensemble import is_multitask
+
+    if not isinstance(model, CropPipelineModel) and hasattr(model, "outputs") and is_multitask(model):
+        model = OutlineModel(model, card if isinstance(card, dict) else {})
     if pipeline and pipeline.get("segmenter_file"):
         seg_path = path.with_name(pipeline["segmenter_file"])
         if not seg_path.exists():
@@ -133,6 +137,50 @@ def load_model_file(path: Path):
         raise ModelFileError(f"cannot load the model {path} ({type(exc).__name__}: {reason})") from None
 
 
+class OutlineModel:
+    """A network that outlines the lesion and classifies the image (the multi-task U-Net, or the fold
+    ensemble of its fold models): image → class probabilities and a lesion map, mapped back onto the
+    original image; the input is fitted to a square as the card says (stretched or padded)."""
+
+    def __init__(self, network, card: dict) -> None:
+        from .models.ensemble import classifier_chain, members
+
+        outline = card.get("outline") or {}
+        self.network, self.card = network, card
+        self.size = int(network.inputs[0].shape[1])
+        self.fit = (card.get("input") or {}).get("fit", "stretch")
+        self.threshold = float(outline.get("threshold", 0.5))
+        self.min_area = float(outline.get("min_area", 0.0))
+        self.chains = [classifier_chain(m) for m in members(network)]  # Grad-CAM: the mean over the members
+        self.inputs, self.outputs = network.inputs, network.outputs
+
+    def prepare(self, rgb: np.ndarray) -> np.ndarray:
+        """The model input of one RGB image: float32 (size, size, 3)."""
+        from .data.images import fit_square
+
+        return fit_square(rgb, self.size, self.fit).astype(np.float32)
+
+    def predict_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities (n, 3), lesion probability (n, size, size)) of prepared inputs."""
+        p, m = self.network(np.asarray(x, np.float32), training=False)
+        return np.asarray(p, np.float64), np.asarray(m, np.float32)[..., 0]
+
+    def outline(self, prob: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, float, bool]:
+        """(mask on the original image, its area as a share of the image, found) of one lesion map."""
+        from .data.images import unfit_square
+        from .models.segmentation import largest_region
+
+        full = unfit_square(prob, shape, self.fit) >= self.threshold
+        area = float(full.mean())
+        found = bool(full.any()) and area >= self.min_area
+        mask = largest_region(full) if found else np.zeros(shape[:2], bool)
+        return mask, float(mask.mean()), found
+
+    def predict(self, x, verbose: int = 0) -> np.ndarray:
+        """Class probabilities only (what a plain classifier's ``predict`` gives)."""
+        return self.predict_batch(x)[0]
+
+
 class CropPipelineModel:
     """Segment → crop the box of the largest predicted region (widened by the card's margin; the whole
     image when nothing is found) from the original image → classify the crop, or the whole image and
@@ -145,10 +193,16 @@ class CropPipelineModel:
 
     def lesion(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
         """(predicted mask at the image's size, relative box y0 y1 x0 x1, found)."""
+        from .data.images import fit_square, unfit_square
         from .models.crops import box_of
 
-        x = cv2.resize(rgb, (self.seg_size, self.seg_size), interpolation=cv2.INTER_AREA).astype(np.float32)[None]
-        prob = np.asarray(self.segmenter.predict(x, verbose=0))[0, ..., 0]
+        fit = self.pipeline.get("segmenter_fit", "stretch")
+        x = fit_square(rgb, self.seg_size, fit).astype(np.float32)[None]
+        out = self.segmenter.predict(x, verbose=0)
+        prob = np.asarray(out[-1] if isinstance(out, (list, tuple)) else out)[0, ..., 0]  # a multi-task segmenter: its map
+        if fit != "stretch":  # boxes are relative to the original image: the map of the stretched image
+            prob = cv2.resize(unfit_square(prob, rgb.shape[:2], fit), (self.seg_size, self.seg_size),
+                              interpolation=cv2.INTER_LINEAR)
         box, found = box_of(prob, self.pipeline["threshold"], self.pipeline["min_area"], self.pipeline["margin"])
         h, w = rgb.shape[:2]
         mask = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR) >= self.pipeline["threshold"]
@@ -259,10 +313,44 @@ def predict_pipeline(model: CropPipelineModel, files: list[Path], masks_dir: Pat
     return pd.DataFrame(rows)
 
 
+def predict_outline(model: OutlineModel, files: list[Path], masks_dir: Path | None = None) -> pd.DataFrame:
+    """Probabilities, the outlined lesion (largest predicted region: found, area as a share of the image,
+    box in pixels) and optionally the outline mask (PNG in ``masks_dir``) per file."""
+    rows = []
+    for f in files:
+        row = {"path": str(f), **dict.fromkeys(PROBA_COLUMNS, np.nan), "predicted": "", "lesion_found": None,
+               "lesion_area": np.nan, "box_y0": np.nan, "box_y1": np.nan, "box_x0": np.nan, "box_x1": np.nan,
+               "lesion_mask": "", "error": ""}
+        rows.append(row)
+        try:
+            if not f.exists():
+                raise FileNotFoundError("no such file")
+            rgb = read_rgb(f)
+        except Exception as exc:  # bad file: an error row, not a crash
+            row["error"] = f"{type(exc).__name__}: {first_line(exc)}"
+            continue
+        p, prob = model.predict_batch(model.prepare(rgb)[None])
+        mask, area, found = model.outline(prob[0], rgb.shape[:2])
+        row.update({c: float(v) for c, v in zip(PROBA_COLUMNS, p[0])}, predicted=_predicted(p[0]), lesion_found=found,
+                   lesion_area=area)
+        if found:
+            ys, xs = np.nonzero(mask)
+            row.update(box_y0=int(ys.min()), box_y1=int(ys.max()) + 1, box_x0=int(xs.min()), box_x1=int(xs.max()) + 1)
+        if masks_dir is not None:
+            out = Path(masks_dir) / f"{f.stem}_predicted_mask.png"
+            tmp = out.with_name(f".{out.stem}.tmp.png")
+            cv2.imwrite(str(tmp), mask.astype(np.uint8) * 255)
+            tmp.replace(out)
+            row["lesion_mask"] = str(out)
+    return pd.DataFrame(rows)
+
+
 def predict_files(model, files: list[Path], batch_size: int = 16, masks_dir: Path | None = None) -> pd.DataFrame:
     """Probabilities for each file; unreadable files get an ``error`` and no probabilities."""
     if isinstance(model, CropPipelineModel):
         return predict_pipeline(model, files, masks_dir)
+    if isinstance(model, OutlineModel):
+        return predict_outline(model, files, masks_dir)
     size = int(getattr(model, "input_size", 0) or model.inputs[0].shape[1])
     rows, batch, batch_rows = [], [], []
 
@@ -299,9 +387,9 @@ def predict_ensemble(models: list, files: list[Path], batch_size: int = 16, mask
         raise StudyError("no model given")
     if len(models) == 1:
         return predict_files(models[0], files, batch_size, masks_dir)
-    if any(isinstance(m, CropPipelineModel) for m in models):
-        raise StudyError("a crop pipeline (a model whose card names a segmenter) cannot be part of a fold ensemble — "
-                         "give it alone")
+    if any(isinstance(m, (CropPipelineModel, OutlineModel)) for m in models):
+        raise StudyError("a crop pipeline or an outlining model cannot be part of an ensemble given on the command "
+                         "line — give it alone (the multi-task model's fold ensemble is exported as models/<name>.folds.keras)")
     kinds = {model_classes(m) for m in models}
     if len(kinds) > 1:  # the mean of a binary model's p_benign and a three-class one's would mix two class spaces
         raise StudyError("a fold ensemble needs models of the same classes, but these mix a binary (benign vs malignant) "

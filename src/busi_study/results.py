@@ -98,6 +98,11 @@ class ResultsStore:
         d.mkdir(parents=True, exist_ok=True)
         return d / f"fold{fold}.keras"
 
+    def load_fold_paths(self, name: str) -> list[Path]:
+        """The saved fold models of ``name``, in fold order (before its record is written)."""
+        d = self.model_dir(name)
+        return sorted(d.glob("fold*.keras"), key=lambda p: int(p.stem[4:]))
+
     def exported_model_path(self, name: str) -> Path:
         """Where the final model (trained on every image) goes; its model card sits beside it as ``.json``."""
         self.models_dir.mkdir(parents=True, exist_ok=True)

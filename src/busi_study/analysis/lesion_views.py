@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pandas as pd
 
+from ..data.images import unfit_square
 from .error_analysis import GalleryImages
 
 
@@ -20,13 +20,15 @@ def segmentation_picks(per_image: pd.DataFrame, n: int) -> list[tuple[str, str]]
     return out
 
 
-def segmentation_items(picks: list[tuple[str, str]], oof: np.ndarray, table: pd.DataFrame, images: GalleryImages) -> list[dict]:
-    """Gallery items: the image, its reference lesion contour and the predicted lesion probability as the overlay."""
+def segmentation_items(picks: list[tuple[str, str]], oof: np.ndarray, table: pd.DataFrame, images: GalleryImages,
+                       fit: str = "stretch") -> list[dict]:
+    """Gallery items: the image, its reference lesion contour and the predicted lesion probability as the
+    overlay (maps of padded inputs, ``fit="pad"``, are mapped back onto the image first)."""
     pos = {k: i for i, k in enumerate(table["image_id"])}
     items = []
     for image_id, caption in picks:
         item = images.item(image_id, caption)
         h, w = item["image"].shape[:2]
-        item["cam"] = cv2.resize(np.asarray(oof[pos[image_id]], np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+        item["cam"] = unfit_square(np.asarray(oof[pos[image_id]], np.float32), (h, w), fit)
         items.append(item)
     return items

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ..data.images import fit_square, unfit_square
 from ..errors import StudyError
 from ..info import CLASSES, PROBA_COLUMNS
 from ..results import ResultsStore
@@ -36,7 +37,7 @@ PROBA_CAL = [f"{c}_calibrated" for c in PROBA]
 #: Columns of ``python -m busi_study predict`` (first, in this order), then the app's own.
 PREDICT_COLUMNS = ["path", *PROBA, "predicted", "error"]
 APP_COLUMNS = [*PROBA_CAL, "temperature", "malignant_at_spec90_threshold", "malignant_at_sens90_threshold",
-               "unlike_training_data", "notes"]
+               "lesion_found", "lesion_area", "unlike_training_data", "notes"]
 #: Longest side of the images shown on the page (the Grad-CAM overlay is drawn at this size).
 DISPLAY_SIDE = 512
 #: The command that makes a model on a fresh clone (its wall time is measured in the README).
@@ -58,6 +59,11 @@ class ModelEntry:
         return None if v is None else float(v)
 
     @property
+    def deployed_default(self) -> bool:
+        """This file is the form (final model or fold ensemble) its model card deploys by default."""
+        return self.card.get("deployed_default", self.path.name) == self.path.name
+
+    @property
     def label(self) -> str:
         auc = self.macro_auc
         return self.name + (f" (CV macro AUC {auc:.3f})" if auc is not None else " (no CV metrics)")
@@ -76,14 +82,15 @@ def entry_for(path: Path) -> ModelEntry:
 
 
 def find_models(reports_dir: Path) -> list[ModelEntry]:
-    """Exported models of ``reports_dir/latest``, best first (highest CV macro AUC, the report's rule).
+    """Exported models of ``reports_dir/latest``, best first (highest CV macro AUC, the report's rule;
+    of a model's two forms, final model and fold ensemble, the one its card deploys by default first).
     A crop pipeline (notebook 05: segmenter + classifier of the crop) is left to ``predict``: the
     app runs one network per image; so is a binary model (notebook 06's S4-style model), whose
     missing p_normal the app's three-class page cannot show."""
     entries = [entry_for(p) for p in ResultsStore(Path(reports_dir) / "latest").exported_models()]
     # three-class models only: a binary model (S4: benign vs malignant, no p_normal) is left to predict too
     entries = [e for e in entries if not e.card.get("pipeline") and len(e.card.get("classes", CLASSES)) == len(CLASSES)]
-    return sorted(entries, key=lambda e: (e.macro_auc is None, -(e.macro_auc or 0.0), e.name))
+    return sorted(entries, key=lambda e: (e.macro_auc is None, -(e.macro_auc or 0.0), not e.deployed_default, e.name))
 
 
 def decision_for(entry: ModelEntry) -> dict:
@@ -110,29 +117,36 @@ class LoadedModel:
     gradcam_layer: str
     decision: dict
     load_seconds: float
-    explainer: object = None                 # explain.gradcam.GradCAM, compiled on first use
+    explainer: object = None                 # explain.gradcam.GradCAM (a list: one per member of a fold ensemble)
     forward: object = None                   # the model's forward pass compiled for any batch size
+    outline: object = None                   # predict.OutlineModel: the model also outlines the lesion
+    fit: str = "stretch"                     # how an image becomes the square input
 
 
 def load(entry: ModelEntry) -> LoadedModel:
     """Load the Keras model (the page caches this with ``st.cache_resource``)."""
     from ..explain.gradcam import GradCAM, last_conv_layer_name
-    from ..predict import CropPipelineModel, load_model, model_classes
+    from ..predict import CropPipelineModel, OutlineModel, load_model, model_classes
 
     t0 = time.perf_counter()
     model, _ = load_model(entry.path)
-    if isinstance(model, CropPipelineModel) or model_classes(model) != CLASSES:
+    if isinstance(model, CropPipelineModel) or (not isinstance(model, OutlineModel) and model_classes(model) != CLASSES):
         what = ("a crop pipeline (segmenter + classifier)" if isinstance(model, CropPipelineModel)
                 else "a binary benign-vs-malignant model (no p_normal)")
         raise StudyError(f"{entry.path.name} is {what}: the app shows three-class models only — classify with "
                          f"python -m busi_study predict IMAGES --model {entry.path}")
-    layer = entry.card.get("gradcam_layer") or last_conv_layer_name(model)
+    outline = model if isinstance(model, OutlineModel) else None
+    net = outline.network if outline else model
+    chains = outline.chains if outline else [model]  # the class path of each member: what Grad-CAM explains
+    layer = entry.card.get("gradcam_layer") or last_conv_layer_name(chains[0])
     import tensorflow as tf
 
-    size = int(model.inputs[0].shape[1])
+    size = int(net.inputs[0].shape[1])
     # one graph for every batch size (Keras's predict_on_batch retraces, seconds, on each new one)
-    forward = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
-    lm = LoadedModel(entry, model, size, layer, decision_for(entry), 0.0, GradCAM(model, layer), forward)
+    forward = tf.function(lambda x: net(x, training=False), input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+    explainer = [GradCAM(c, layer) for c in chains]
+    lm = LoadedModel(entry, net, size, layer, decision_for(entry), 0.0, explainer, forward, outline,
+                     outline.fit if outline else "stretch")
     # warm-up on a blank BUSI-sized image through the whole path: graph tracing, the Grad-CAM
     # replay check and first imports happen here, once per server (the page caches this
     # object), not on the first upload
@@ -156,6 +170,9 @@ class ImageResult:
     display: np.ndarray | None = None        # uint8 RGB, longest side <= DISPLAY_SIDE
     overlay: np.ndarray | None = None        # the same with the Grad-CAM map blended in
     cam: np.ndarray | None = None            # the Grad-CAM map at the layer's resolution, [0, 1]
+    outline: np.ndarray | None = None        # the display image with the predicted lesion's outline drawn
+    lesion_found: bool | None = None         # outlining models: a lesion region was found
+    lesion_area: float | None = None         # its area, as a share of the image
     unlike_training: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -170,6 +187,14 @@ def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray
     """Blend a [0, 1] map (same H, W) over an RGB image with the JET colour map; uint8 RGB."""
     heat = cv2.applyColorMap(np.uint8(np.clip(cam, 0, 1) * 255), cv2.COLORMAP_JET)[..., ::-1]
     return np.uint8(np.clip((1 - alpha) * rgb.astype(np.float32) + alpha * heat.astype(np.float32), 0, 255))
+
+
+def draw_outline(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The image with the contour of a boolean mask (same H, W) drawn in green; uint8 RGB."""
+    out = np.ascontiguousarray(rgb.copy())
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, (0, 255, 0), max(1, round(max(rgb.shape[:2]) / 256)))
+    return out
 
 
 def calibrate(proba: np.ndarray, temperature: float | None) -> np.ndarray | None:
@@ -199,15 +224,17 @@ def analyse(lm: LoadedModel, uploads: Sequence[tuple[str, bytes]], profile: dict
         r.size_text, r.notes = img.size_text, list(img.notes)
         r.unlike_training = ood.unlike_training(ood.image_measures(img.rgb), profile)
         r.display = _display(img.rgb)
-        batch.append(cv2.resize(img.rgb, (lm.input_size, lm.input_size), interpolation=cv2.INTER_AREA))
+        batch.append(fit_square(img.rgb, lm.input_size, lm.fit))  # as predict makes the input
         good.append(r)
     if not good:
         return results
     x = np.stack(batch).astype(np.float32)
-    proba = np.asarray(lm.forward(x), dtype=np.float64)
+    out = lm.forward(x)
+    proba = np.asarray(out[0] if lm.outline else out, dtype=np.float64)
+    lesion_maps = np.asarray(out[1], np.float32)[..., 0] if lm.outline else None
     cal = calibrate(proba, lm.decision.get("temperature"))
     pred = proba.argmax(axis=1)
-    maps = lm.explainer(x, class_index=pred) if with_gradcam else None
+    maps = np.mean([e(x, class_index=pred) for e in lm.explainer], axis=0) if with_gradcam else None
     t_spec, t_sens = lm.decision.get("threshold_spec90"), lm.decision.get("threshold_sens90")
     for i, r in enumerate(good):
         r.proba = proba[i]
@@ -217,7 +244,11 @@ def analyse(lm: LoadedModel, uploads: Sequence[tuple[str, bytes]], profile: dict
         r.malignant_sens90 = None if t_sens is None else bool(proba[i, 2] >= t_sens)
         if maps is not None:
             r.cam = maps[i]
-            r.overlay = overlay(r.display, upsample(maps[i], r.display.shape[:2]))
+            cam = unfit_square(maps[i], r.display.shape[:2], lm.fit) if lm.fit != "stretch" else upsample(maps[i], r.display.shape[:2])
+            r.overlay = overlay(r.display, np.clip(cam, 0, 1))
+        if lesion_maps is not None:
+            mask, r.lesion_area, r.lesion_found = lm.outline.outline(lesion_maps[i], r.display.shape[:2])
+            r.outline = draw_outline(r.display, mask)
     return results
 
 
@@ -228,6 +259,7 @@ def results_table(results: Sequence[ImageResult], temperature: float | None) -> 
         row = {"path": r.name, **dict.fromkeys(PROBA, np.nan), "predicted": r.predicted, "error": r.error,
                **dict.fromkeys(PROBA_CAL, np.nan), "temperature": temperature if not r.error else np.nan,
                "malignant_at_spec90_threshold": r.malignant_spec90, "malignant_at_sens90_threshold": r.malignant_sens90,
+               "lesion_found": r.lesion_found, "lesion_area": r.lesion_area,
                "unlike_training_data": "; ".join(r.unlike_training), "notes": "; ".join(r.notes)}
         if r.proba is not None:
             row.update(dict(zip(PROBA, map(float, r.proba))))

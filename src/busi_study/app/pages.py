@@ -130,7 +130,12 @@ def classify_page(lm: engine.LoadedModel, with_gradcam: bool) -> None:
             st.warning(f"Unlike the training data: {w}. The model's output may be meaningless for this image.")
         for n in r.notes:
             st.info(f"{r.name}: {n}")
-        c1, c2, c3 = st.columns([1, 1, 1])
+        if r.outline is not None:
+            c1, c0, c2, c3 = st.columns([1, 1, 1, 1])
+            area = f"area {r.lesion_area:.1%} of the image" if r.lesion_found else "no lesion region found"
+            c0.image(r.outline, caption=f"predicted lesion outline ({area})", width="stretch")
+        else:
+            c1, c2, c3 = st.columns([1, 1, 1])
         c1.image(r.display, caption=f"uploaded ({r.size_text})", width="stretch")
         if r.overlay is not None:
             c2.image(r.overlay, caption=f"Grad-CAM of '{r.predicted}' (layer {lm.gradcam_layer})", width="stretch")
@@ -210,9 +215,15 @@ def model_card_page(lm: engine.LoadedModel) -> None:
         "- The CV numbers describe models trained like this one, not this final model on new patients.\n"
         "- The temperature and thresholds come from the fold models' validation predictions; the final model has no "
         "held-out data of its own.\n"
-        "- Grad-CAM shows where the class score is sensitive, not a lesion segmentation; none of these models segments.\n"
-        "- The out-of-distribution check is a range check on size, colour and intensity only.\n"
-        "- " + NOTICE.replace("**", ""))
+        + ("- The lesion outline is the model's own segmentation (thresholded lesion map, largest region), measured on BUSI "
+           "against the masks in notebook 05 and on the external set in notebook 08; Grad-CAM shows where the class score "
+           "is sensitive, which is another thing.\n" if card.get("outline") else
+           "- Grad-CAM shows where the class score is sensitive, not a lesion segmentation; this model does not segment.\n")
+        + "- The out-of-distribution check is a range check on size, colour and intensity only.\n"
+        + "- " + NOTICE.replace("**", ""))
+    if card.get("deployment"):
+        st.header("Deployed form")
+        st.markdown(card["deployment"])
 
 
 def run_app(model: str | None = None, reports: str | None = None) -> None:

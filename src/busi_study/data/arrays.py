@@ -13,34 +13,41 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from .enhance import ENHANCEMENTS, enhance
-from .images import mask_paths, merged_mask, read_rgb
+from .images import fit_square, mask_paths, merged_mask, read_rgb
 from .store import ProcessedData, atomic_path, sha256_of
 
 PREPROCESSING = tuple(ENHANCEMENTS)
 
 
-def _prepare(rgb: np.ndarray, size: int, preprocessing: str) -> np.ndarray:
-    return cv2.resize(enhance(rgb, preprocessing), (size, size), interpolation=cv2.INTER_AREA)
+def _prepare(rgb: np.ndarray, size: int, preprocessing: str, fit: str = "stretch") -> np.ndarray:
+    return fit_square(enhance(rgb, preprocessing), size, fit)
 
 
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """A boolean (H, W) mask as uint8 0/1 (size, size): area-resized, then at least half covered."""
-    return (cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA) >= 0.5).astype(np.uint8)
+def resize_mask(mask: np.ndarray, size: int, fit: str = "stretch") -> np.ndarray:
+    """A boolean (H, W) mask as uint8 0/1 (size, size): fitted as its image is (area-resized), then at
+    least half covered."""
+    return (fit_square(mask.astype(np.float32), size, fit) >= 0.5).astype(np.uint8)
 
 
-def load_image_array(store: ProcessedData, size: int, preprocessing: str = "none", progress: bool = True) -> np.ndarray:
-    """All manifest images resized to ``size``×``size``: uint8 array (n, size, size, 3), cached."""
+def _fit_tag(fit: str) -> str:
+    """File-name tag of a fit: none for the plain resize (the arrays cached before fits existed)."""
+    return "" if fit == "stretch" else f"_{fit}"
+
+
+def load_image_array(store: ProcessedData, size: int, preprocessing: str = "none", progress: bool = True,
+                     fit: str = "stretch") -> np.ndarray:
+    """All manifest images as ``size``×``size`` inputs (``fit``: ``stretch`` or ``pad``, see
+    :func:`busi_study.data.images.fit_square`): uint8 array (n, size, size, 3), cached."""
     if preprocessing not in PREPROCESSING:
         raise ValueError(f"preprocessing must be one of {', '.join(PREPROCESSING)}")
     manifest = store.read("manifest")
     key = sha256_of(store.manifest)[:12]
-    path = store.cache_dir / "arrays" / f"images_{size}_{preprocessing}_{key}.npy"
+    path = store.cache_dir / "arrays" / f"images_{size}_{preprocessing}{_fit_tag(fit)}_{key}.npy"
     if path.exists():
         arr = np.load(path)
         if arr.shape[0] == len(manifest):
@@ -48,20 +55,19 @@ def load_image_array(store: ProcessedData, size: int, preprocessing: str = "none
     root = store.raw_root()
     arr = np.zeros((len(manifest), size, size, 3), dtype=np.uint8)
     for i, rel in enumerate(tqdm(list(manifest["path"]), desc=f"decoding images at {size}px", disable=not progress, mininterval=2)):
-        arr[i] = _prepare(read_rgb(Path(root) / rel), size, preprocessing)
+        arr[i] = _prepare(read_rgb(Path(root) / rel), size, preprocessing, fit)
     with atomic_path(path) as tmp:  # a full disk: one line naming the cache file
         np.save(tmp, arr)
     return arr
 
 
-def load_mask_array(store: ProcessedData, size: int, progress: bool = True) -> np.ndarray:
-    """OR-merged lesion masks of all manifest images at ``size``: uint8 0/1 (n, size, size), cached.
-
-    Normal images (and any image without a usable mask) get an empty mask."""
+def load_mask_array(store: ProcessedData, size: int, progress: bool = True, fit: str = "stretch") -> np.ndarray:
+    """OR-merged lesion masks of all manifest images at ``size``, fitted as their images are: uint8 0/1
+    (n, size, size), cached. Normal images (and any image without a usable mask) get an empty mask."""
     manifest = store.read("manifest")
     # keyed by the masks' bytes too: two folders with the same images but other masks never share it
     key = f"{sha256_of(store.manifest)[:12]}-{store.masks_sha256()[:12]}"
-    path = store.cache_dir / "arrays" / f"masks_{size}_{key}.npy"
+    path = store.cache_dir / "arrays" / f"masks_{size}{_fit_tag(fit)}_{key}.npy"
     if path.exists():
         arr = np.load(path)
         if arr.shape == (len(manifest), size, size):
@@ -73,7 +79,7 @@ def load_mask_array(store: ProcessedData, size: int, progress: bool = True) -> n
         paths = mask_paths(row._asdict(), root)
         if paths:
             h, w = read_rgb(root / row.path).shape[:2]
-            arr[i] = resize_mask(merged_mask(paths, (h, w)), size)
+            arr[i] = resize_mask(merged_mask(paths, (h, w)), size, fit)
     with atomic_path(path) as tmp:
         np.save(tmp, arr)
     return arr

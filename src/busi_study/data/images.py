@@ -17,8 +17,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
+
+#: How an image becomes a square model input: ``stretch`` resizes it to a square (the source studies'
+#: way: the aspect ratio changes), ``pad`` keeps its aspect ratio (black borders, centred, then resize).
+FITS = ("stretch", "pad")
 
 HIGH_DEPTH_MODES = ("I", "F")  # PIL mode prefixes of >8-bit images (I, I;16, I;16B, I;16L, F, F;32…)
 
@@ -121,3 +126,34 @@ def mask_paths(row, root: Path) -> list[Path]:
     """Absolute mask paths of a manifest row (its ``mask_paths`` column: relative paths joined by ";")."""
     text = row["mask_paths"] if isinstance(row["mask_paths"], str) else ""
     return [Path(root) / p for p in text.split(";") if p]
+
+
+def pad_to_square(image: np.ndarray) -> np.ndarray:
+    """(H, W[, C]) → (S, S[, C]) with S = max(H, W): zero borders split evenly on both sides."""
+    h, w = image.shape[:2]
+    s = max(h, w)
+    top, left = (s - h) // 2, (s - w) // 2
+    out = np.zeros((s, s, *image.shape[2:]), dtype=image.dtype)
+    out[top: top + h, left: left + w] = image
+    return out
+
+
+def fit_square(image: np.ndarray, size: int, fit: str) -> np.ndarray:
+    """An image (uint8 or float, (H, W[, C])) as a ``size`` × ``size`` input, area-resized after
+    ``fit`` (:data:`FITS`)."""
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
+    src = pad_to_square(image) if fit == "pad" else image
+    return cv2.resize(np.ascontiguousarray(src), (size, size), interpolation=cv2.INTER_AREA)
+
+
+def unfit_square(square: np.ndarray, shape: tuple[int, int], fit: str) -> np.ndarray:
+    """A map made on a fitted square input, back on the original image's (H, W) grid (bilinear):
+    the inverse of :func:`fit_square` (the padding cut away for ``pad``)."""
+    h, w = shape[:2]
+    if fit == "pad":
+        s = max(h, w)
+        full = cv2.resize(np.asarray(square, np.float32), (s, s), interpolation=cv2.INTER_LINEAR)
+        top, left = (s - h) // 2, (s - w) // 2
+        return full[top: top + h, left: left + w]
+    return cv2.resize(np.asarray(square, np.float32), (w, h), interpolation=cv2.INTER_LINEAR)

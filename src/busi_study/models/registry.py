@@ -47,6 +47,8 @@ class BackboneSpec:
     # "C5" = the last layer before pooling. "" means the backbone's output; "NAME+act" means the
     # activation layer applied to NAME (Keras auto-numbers MobileNetV3's activations).
     feature_layers: dict[str, str] = field(default_factory=dict)
+    # the multi-task U-Net's skips: the last layer at output strides 2, 4, 8 and 16 (models/multitask.py)
+    unet_taps: tuple[str, ...] = ()
 
     def weights_filename(self, input_size: int = 224, **kwargs: Any) -> str:
         """The file name Keras caches the no-top ImageNet weights under."""
@@ -83,11 +85,13 @@ REGISTRY: dict[str, BackboneSpec] = {
         blocks=_mnv2_blocks(), always_trainable_top=("Conv_1", "Conv_1_bn", "out_relu"), source_study="S0",
         defaults={"alpha": 1.0}, feature_layers={"C2": "block_3_expand_relu", "C3": "block_6_expand_relu",
                                                  "C4": "block_13_expand_relu", "C5": "out_relu"},
+        unet_taps=("expanded_conv_project_BN", "block_2_add", "block_6_expand_relu", "block_13_expand_relu"),
     ),
     "resnet50": BackboneSpec(
         name="resnet50", constructor="ResNet50", preprocess="caffe", input_size=224, gradcam_layer="conv5_block3_out",
         blocks=_resnet_blocks((3, 6, 4, 3)), source_study="S3",
         feature_layers={"C2": "conv2_block3_out", "C3": "conv3_block4_out", "C4": "conv4_block6_out", "C5": "conv5_block3_out"},
+        unet_taps=("conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out"),
     ),
     "resnet101": BackboneSpec(
         name="resnet101", constructor="ResNet101", preprocess="caffe", input_size=224, gradcam_layer="conv5_block3_out",

@@ -128,6 +128,23 @@ def mask_scores(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     return float(2 * inter / total), float(inter / union)
 
 
+def hd95(pred: np.ndarray, ref: np.ndarray) -> float:
+    """95th percentile of the symmetric distances between the two masks' boundaries, as a percentage of
+    the image diagonal (scale-free); NaN when either mask is empty."""
+    p, r = np.asarray(pred, np.uint8), np.asarray(ref, np.uint8)
+    if not p.any() or not r.any():
+        return float("nan")
+
+    def boundary(m):
+        return m.astype(bool) & ~cv2.erode(m, np.ones((3, 3), np.uint8)).astype(bool)
+
+    bp, br = boundary(p), boundary(r)
+    to_r = cv2.distanceTransform((~br).astype(np.uint8), cv2.DIST_L2, 5)  # distance of each pixel to r's boundary
+    to_p = cv2.distanceTransform((~bp).astype(np.uint8), cv2.DIST_L2, 5)
+    d = np.concatenate([to_r[bp], to_p[br]])
+    return float(np.percentile(d, 95) / np.hypot(*p.shape) * 100)
+
+
 def upsample(prob: np.ndarray, size: int) -> np.ndarray:
     """Probability maps (n, h, w) → (n, size, size), bilinear (as the exported segmenter does)."""
     return np.stack([cv2.resize(np.asarray(p, np.float32), (size, size), interpolation=cv2.INTER_LINEAR) for p in prob])
@@ -154,7 +171,8 @@ def per_image_table(prob: np.ndarray, masks: np.ndarray, table: pd.DataFrame, th
         area = float(pred.mean())
         found = bool(pred.any()) and area >= min_area
         rows.append({"image_id": table["image_id"].iat[i], "label": table["label"].iat[i],
-                     "group_id": table["group_id"].iat[i], "dice": d, "iou": j, "pred_area": area,
+                     "group_id": table["group_id"].iat[i], "dice": d, "iou": j, "hd95": hd95(pred, masks[i] > 0),
+                     "pred_area": area,
                      "true_area": float((masks[i] > 0).mean()), "found": found})
     return pd.DataFrame(rows)
 
@@ -185,6 +203,8 @@ def summary_table(per_image: pd.DataFrame, n_resamples: int, seed: int) -> pd.Da
                      "value": float(2 * inter.sum() / max(tot.sum(), 1e-12)),
                      "ci_low": float(np.percentile(boot, 2.5)), "ci_high": float(np.percentile(boot, 97.5))})
         add("lesion found", lesion, lesion["found"].astype(float).to_numpy(), "benign + malignant")
+        if "hd95" in lesion:
+            add("hd95 (% of diagonal)", lesion, lesion["hd95"].to_numpy(), "benign + malignant")
     normal = per_image[per_image["label"] == "normal"]
     if len(normal):
         add("predicted area (false positive)", normal, normal["pred_area"].to_numpy(), "normal")

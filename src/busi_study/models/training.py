@@ -202,3 +202,80 @@ def train_with_mask(model, views: np.ndarray, y: np.ndarray, masks: np.ndarray, 
             break
     best_epoch = stopper.restore(model, len(rows)) if cfg.restore_best else len(rows)
     return TrainResult(pd.DataFrame(rows), best_epoch, round(time.perf_counter() - t_start, 1))
+
+
+def mask_loss(y_true, y_pred):
+    """Per image: binary cross-entropy of the lesion map + (1 − soft Dice), smoothed by 1 so that an
+    empty reference (a normal image) asks for an empty map. y: (n, h, w, 1) in [0, 1]."""
+    import keras
+
+    ops = keras.ops
+    y_true = ops.cast(y_true, y_pred.dtype)
+    bce = ops.mean(keras.losses.binary_crossentropy(y_true, y_pred), axis=(1, 2))
+    inter = ops.sum(y_true * y_pred, axis=(1, 2, 3))
+    dice = (2.0 * inter + 1.0) / (ops.sum(y_true, axis=(1, 2, 3)) + ops.sum(y_pred, axis=(1, 2, 3)) + 1.0)
+    return bce + (1.0 - dice)
+
+
+def mask_loss_np(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """:func:`mask_loss` in NumPy, per image (the validation loss of early stopping)."""
+    p = np.clip(np.asarray(y_pred, np.float64), 1e-7, 1 - 1e-7)
+    t = np.asarray(y_true, np.float64)
+    axes = tuple(range(1, t.ndim))
+    bce = -np.mean(t * np.log(p) + (1 - t) * np.log(1 - p), axis=axes)
+    dice = (2 * np.sum(t * p, axis=axes) + 1) / (np.sum(t, axis=axes) + np.sum(p, axis=axes) + 1)
+    return bce + (1 - dice)
+
+
+def train_multitask(model, views: list[np.ndarray], y: np.ndarray, masks: np.ndarray, train_idx: np.ndarray,
+                    val_idx: np.ndarray | None, cfg: TrainConfig, seed: int, epochs: int | None, *,
+                    mask_weight: float) -> TrainResult:
+    """:func:`train` for a model with several inputs (``views``: arrays (n_views, n, ...), one per input)
+    and two outputs, class probabilities and a lesion map: class-weighted cross-entropy + ``mask_weight`` ×
+    :func:`mask_loss` against ``masks`` (n_views, n, h, w, 1), the view's own mask. Early stopping on the
+    same combined loss of view 0 of the validation images; the history also keeps the validation class
+    log loss (``val_ce``) and the mean Dice of the lesion images at 0.5 (``val_dice``)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=["sparse_categorical_crossentropy", mask_loss],
+                  loss_weights=[1.0, mask_weight], metrics=[["accuracy"], []])
+    rng = np.random.default_rng(seed)
+    n_views = views[0].shape[0] if cfg.augment_views else 1
+    cw = balanced_class_weight(y[train_idx]) if cfg.class_weight else None
+    rows, stopper = [], BestWeights(cfg.patience)
+    t_start = time.perf_counter()
+    for epoch in range(1, (epochs or cfg.epochs) + 1):
+        t0 = time.perf_counter()
+        chosen = rng.integers(0, n_views, size=len(train_idx))
+        order = rng.permutation(len(train_idx))
+        v, idx = chosen[order], train_idx[order]
+        sw = None if cw is None else np.array([cw[int(c)] for c in y[idx]], np.float32)
+        h = model.fit([a[v, idx].astype(np.float32) for a in views], [y[idx], masks[v, idx].astype(np.float32)],
+                      batch_size=cfg.batch_size, epochs=1, shuffle=False, verbose=0, sample_weight=sw)
+        acc_key = next(k for k in h.history if k.endswith("accuracy"))
+        row = {"epoch": epoch, "loss": float(h.history["loss"][0]), "accuracy": float(h.history[acc_key][0])}
+        if val_idx is not None and len(val_idx):
+            p, m = model.predict([a[0, val_idx].astype(np.float32) for a in views], batch_size=32, verbose=0)
+            p = np.asarray(p, np.float64)
+            t = masks[0, val_idx].astype(np.float32)
+            ce = float(-np.mean(np.log(np.clip(p[np.arange(len(val_idx)), y[val_idx]], 1e-7, 1))))
+            row.update(val_loss=ce + mask_weight * float(np.mean(mask_loss_np(t, m))), val_ce=ce,
+                       val_accuracy=float((p.argmax(1) == y[val_idx]).mean()), val_dice=_mean_dice(t, m))
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+        rows.append(row)
+        if "val_loss" in row and stopper.stop_after(model, epoch, row["val_loss"]):
+            break
+    best_epoch = stopper.restore(model, len(rows)) if cfg.restore_best else len(rows)
+    return TrainResult(pd.DataFrame(rows), best_epoch, round(time.perf_counter() - t_start, 1))
+
+
+def _mean_dice(ref: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> float:
+    """Mean Dice of the maps at ``threshold`` over the images whose reference has a lesion."""
+    r, p = np.asarray(ref) >= 0.5, np.asarray(prob) >= threshold
+    axes = tuple(range(1, r.ndim))
+    has = r.any(axis=axes)
+    if not has.any():
+        return float("nan")
+    inter = np.logical_and(r, p).sum(axis=axes)
+    return float(np.mean(2 * inter[has] / (r.sum(axis=axes)[has] + p.sum(axis=axes)[has])))

@@ -22,11 +22,14 @@ TABLE_PATTERNS = ("comparison_*.csv", "comparison_*.md", "*_claims_vs_ours.csv",
                   "eda_intensity_vs_s0.csv", "localisation*.csv", "calibration*.csv", "error_*.csv", "external_*.csv",
                   "s4_backbones.csv", "s4_metrics_binary.csv", "s4_paired_*.csv", "s4_tflite_targets.csv", "s4_wall_times.csv",
                   "s1_enhancement_*.csv", "s1_segmentation_summary.csv", "s1_segmentation_shortcut.csv", "s1_candidates_*.csv",
-                  "s1_seed_comparison*.csv", "*_margins.csv", "s1_late_fusion_*.csv")
+                  "s1_seed_comparison*.csv", "*_margins.csv", "s1_late_fusion_*.csv", "mt_segmentation_*.csv", "mt_targets.csv")
 #: External-validation metrics that ``--check-reference`` compares (docs/protocol.md §9).
 EXTERNAL_CHECK_METRICS = ("auc", "sensitivity_spec90", "specificity_spec90", "ece")
 #: Tables of the ablation profile (params/ablation.yaml), exported to ``reports/reference/ablation/``.
-ABLATION_PATTERNS = ("s1_enhancement_*.csv", "s1_seed_comparison*.csv")
+ABLATION_PATTERNS = ("s1_enhancement_*.csv", "s1_seed_comparison*.csv", "mt_seed_comparison*.csv")
+#: Segmentation summaries that ``--check-reference`` compares (value inside the reference CI).
+SEGMENTATION_CHECK = {"mt_segmentation_summary.csv": ("dice", "iou", "region found (false positive)"),
+                      "external_outline_summary.csv": ("dice", "nothing found")}
 ABLATION_DIR = "ablation"
 README_START, README_END = "<!-- reference-results:start -->", "<!-- reference-results:end -->"
 
@@ -226,7 +229,28 @@ def check_against_reference(run_dir: Path, ref_dir: Path, metrics: tuple[str, ..
             row["inside"] = bool(len(match)) and row["ci_low"] - 1e-9 <= row["new"] <= row["ci_high"] + 1e-9
             rows.append(row)
     rows += _check_external(Path(run_dir), Path(ref_dir))
+    rows += _check_segmentation(Path(run_dir), Path(ref_dir))
     return pd.DataFrame(rows)
+
+
+def _check_segmentation(run_dir: Path, ref_dir: Path) -> list[dict]:
+    """Segmentation rows (the multi-task model's outline on BUSI, and on BrEaST) when the reference has them."""
+    rows = []
+    for name, measures in SEGMENTATION_CHECK.items():
+        ref_csv, new_csv = ref_dir / name, run_dir / "tables" / name
+        if not ref_csv.exists():
+            continue
+        ref = pd.read_csv(ref_csv)
+        new = pd.read_csv(new_csv) if new_csv.exists() else ref.iloc[0:0]
+        keys = [k for k in ("model", "measure", "images") if k in ref.columns]
+        for _, r in ref[ref["measure"].isin(measures)].iterrows():
+            match = new.merge(r[keys].to_frame().T, on=keys) if len(new) else new
+            value = float(match["value"].iloc[0]) if len(match) else float("nan")
+            label = " / ".join(str(r[k]) for k in keys if k != "measure")
+            rows.append({"model": f"{name.removesuffix('.csv')}: {label}", "metric": r["measure"], "reference": r["value"],
+                         "ci_low": r["ci_low"], "ci_high": r["ci_high"], "new": value,
+                         "inside": bool(len(match)) and r["ci_low"] - 1e-9 <= value <= r["ci_high"] + 1e-9})
+    return rows
 
 
 def _check_external(run_dir: Path, ref_dir: Path) -> list[dict]:

@@ -65,14 +65,16 @@ def final_models(report_dir: Path) -> tuple[list[FinalModel], list[str]]:
     store = ResultsStore(report_dir)
     found, skipped = [], []
     for path in store.exported_models():
-        res = store.model_dir(path.stem)
         card = path.with_suffix(".json")
+        info = json.loads(card.read_text()) if card.exists() else {}
+        base = info.get("results", path.stem)  # a fold ensemble reads its model's CV results
+        res = store.model_dir(base)
         need = (card, res / RECORD, res / TABLES["oof"], res / TABLES["val"])
         missing = [str(f.relative_to(store.report_dir)) for f in need if not f.exists()]
         if missing:
             skipped.append(f"{path.stem}: missing {', '.join(missing)}")
             continue
-        found.append(FinalModel(path.stem, path, json.loads(card.read_text()), res, store.load(path.stem).recipe))
+        found.append(FinalModel(path.stem, path, info, res, store.load(base).recipe))
     return found, skipped
 
 
@@ -102,6 +104,7 @@ def run_external(report_dir: Path, data: ExternalData, n_resamples: int = 2000, 
         ev = evaluate_model(model, fm.name, folder, s, "malignant", ("benign",), n_resamples, seed)
         keras.backend.clear_session()
         ev.info["title"], ev.info["weights"] = fm.card.get("title", fm.name), fm.card.get("weights", "")
+        ev.info["form"], ev.info["deployed_default"] = fm.card.get("form", "final"), fm.card.get("deployed_default", "")
         evs[fm.name] = ev
         cv = busi_cv_table(oof, val, "malignant", ("benign",), n_resamples, seed)
         cv_auc[fm.name] = float(cv.set_index("metric").loc["auc", "value"])
@@ -180,6 +183,65 @@ def paired(res: ExternalResults, n_resamples: int = 2000, seed: int = 0) -> pd.D
     return paired_auc_difference(y, scores, task["group"].to_numpy(), res.best, "malignant", n_resamples, seed)
 
 
+def forms_compared(res: ExternalResults, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """A model's fold ensemble (``<name>.folds``) against its final model on the same patients: AUC of the
+    ensemble minus the final model's, paired; which form the card deploys by default beside it."""
+    rows = []
+    for name, ev in res.evaluations.items():
+        base = name.removesuffix(".folds")
+        if name == base or base not in res.evaluations:
+            continue
+        task = ev.predictions[ev.predictions["in_task"]]
+        y = task["label"].map({"benign": 1, "malignant": 2}).to_numpy()
+        scores = {f: res.evaluations[f].predictions.set_index("image").loc[task["image"], "p_malignant"].to_numpy()
+                  for f in (name, base)}
+        t = paired_auc_difference(y, scores, task["group"].to_numpy(), name, "malignant", n_resamples, seed)
+        rows.append(t.assign(model=base, deployed_default=ev.info.get("deployed_default", "")))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def outline_scores(fm: FinalModel, data: ExternalData) -> pd.DataFrame:
+    """The outline of a model that segments (the multi-task network, its fold ensemble, a crop pipeline's
+    segmenter) against each lesion image's tumour mask: Dice, IoU, HD95, found (testing only)."""
+    from ..data.images import read_mask, read_rgb
+    from ..models.segmentation import hd95, mask_scores
+    from ..predict import CropPipelineModel, OutlineModel, load_model
+
+    model, _ = load_model(fm.path)
+    if not isinstance(model, (OutlineModel, CropPipelineModel)):
+        return pd.DataFrame()
+    d = data.lesions[data.lesions["tumour_mask"] != ""].reset_index(drop=True)
+    rows = []
+    for _, r in d.iterrows():
+        rgb, ref = read_rgb(data.root / r["path"]), read_mask(data.root / r["tumour_mask"]) > 0
+        if isinstance(model, OutlineModel):
+            _, prob = model.predict_batch(model.prepare(rgb)[None])
+            mask, _, found = model.outline(prob[0], rgb.shape[:2])
+        else:
+            full, _, found = model.lesion(rgb)
+            from ..models.segmentation import largest_region
+
+            mask = largest_region(full) if found else np.zeros(rgb.shape[:2], bool)
+        dice, iou = mask_scores(mask, ref)
+        rows.append({"model": fm.name, "image_id": r["image_id"], "patient_id": r["patient_id"], "label": r["label"],
+                     "found": bool(found), "dice": dice if found else 0.0, "iou": iou if found else 0.0,
+                     "hd95": hd95(mask, ref), "pred_area": float(mask.mean()), "true_area": float(ref.mean())})
+    return pd.DataFrame(rows)
+
+
+def summarise_outlines(per_image: pd.DataFrame, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per model: mean Dice and IoU per lesion image (0 where nothing was found), "nothing found", HD95
+    (found outlines), each with a 95 % bootstrap CI over patients."""
+    rows = []
+    for model, d in per_image.groupby("model", sort=False):
+        w = resample_weights(d["patient_id"].to_numpy(), n_resamples, seed).astype(float)
+        for measure, values in (("dice", d["dice"]), ("iou", d["iou"]), ("nothing found", (~d["found"]).astype(float)),
+                                ("hd95 (% of diagonal)", d["hd95"])):
+            n, value, lo, hi = bootstrap_mean_ci(w, values.to_numpy(dtype=float))
+            rows.append({"model": model, "measure": measure, "n": n, "value": value, "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(rows)
+
+
 def missed_malignancies(ev: FolderEvaluation, threshold: str = "spec90") -> pd.DataFrame:
     """Malignant images scored below the BUSI-validation threshold, lowest score first."""
     t = ev.settings["thresholds"].get(threshold, np.nan)
@@ -195,21 +257,22 @@ def pointing_game(fm: FinalModel, data: ExternalData, layer: str | None, method:
     Per image: pointing-game hit (map maximum within the mask dilated by ``tolerance`` × diagonal),
     energy inside the mask, and the same for a centred Gaussian map; plus a few maps for figures.
     """
-    import cv2
     import keras
 
-    from ..data.images import read_mask, read_rgb
+    from ..data.images import fit_square, read_mask, read_rgb, unfit_square
     from ..explain.gradcam import gradcam, upsample
     from ..explain.localisation import baseline_table, localisation_table
     from ..models.crops import crop, paste
-    from ..predict import CropPipelineModel, load_model
+    from ..predict import CropPipelineModel, OutlineModel, load_model
 
     model, _ = load_model(fm.path)
     pipeline = model if isinstance(model, CropPipelineModel) else None  # Grad-CAM of the crop, pasted into its box
-    net = pipeline.classifier if pipeline else model
-    if len(net.inputs) != 1:  # a two-stream model: Grad-CAM is defined here for one input only
+    outline = model if isinstance(model, OutlineModel) else None  # its class path; a fold ensemble: the members' mean
+    nets = outline.chains if outline else [pipeline.classifier if pipeline else model]
+    fit = outline.fit if outline else "stretch"
+    if len(nets[0].inputs) != 1:  # a two-stream model: Grad-CAM is defined here for one input only
         return pd.DataFrame(), {}
-    size = int(net.inputs[0].shape[1])
+    size = int(nets[0].inputs[0].shape[1])
     d = data.lesions[data.lesions["tumour_mask"] != ""].reset_index(drop=True)
     rows, maps = [], {}
     for start in range(0, len(d), batch_size):
@@ -217,11 +280,12 @@ def pointing_game(fm: FinalModel, data: ExternalData, layer: str | None, method:
         rgbs = [read_rgb(data.root / p) for p in part["path"]]
         boxes = [pipeline.lesion(im)[1] for im in rgbs] if pipeline else None
         x = np.stack([crop(im, b, size) for im, b in zip(rgbs, boxes)] if pipeline else
-                     [cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in rgbs])
-        proba = np.asarray(net(x.astype(np.float32), training=False))  # a direct call: no retracing per batch
+                     [fit_square(im, size, fit) for im in rgbs]).astype(np.float32)
+        proba = np.mean([np.asarray(net(x, training=False)) for net in nets], axis=0)  # direct calls: no retracing
         masks = [read_mask(data.root / m) for m in part["tumour_mask"]]
-        raw = gradcam(net, x.astype(np.float32), proba.argmax(axis=1), layer, method)
+        raw = np.mean([gradcam(net, x, proba.argmax(axis=1), layer, method) for net in nets], axis=0)
         cams = ([paste(c, b, m.shape) for c, b, m in zip(raw, boxes, masks)] if pipeline
+                else [unfit_square(c, m.shape, fit) for c, m in zip(raw, masks)] if fit != "stretch"
                 else upsample(raw, [m.shape for m in masks]))
         lt = localisation_table(cams, masks, 0.5, tolerance, list(part["image_id"]))
         lb = baseline_table(masks, 0.5, tolerance, ids=list(part["image_id"]))

@@ -19,7 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..data.arrays import labels_and_groups, load_image_array
-from ..data.images import mask_paths, merged_mask
+from ..data.images import mask_paths, merged_mask, unfit_square
 from ..data.store import ProcessedData
 from ..evaluation.bootstrap import bootstrap_mean_ci, resample_weights
 from ..explain.gradcam import gradcam, upsample
@@ -40,6 +40,7 @@ class ModelInputs:
 
     def __init__(self, trained: ModelResults, store: ProcessedData) -> None:
         self.size = model_input_size(trained)
+        self.fit = trained.recipe.get("fit", "stretch")  # how the model makes its square input
         self.store = store
         boxes = trained.table("boxes") if trained.record.get("pipeline") else None
         self.boxes = None if boxes is None else boxes.set_index(["fold", "image_id"])
@@ -51,7 +52,7 @@ class ModelInputs:
         """uint8 (n, size, size, 3) in manifest order: the inputs fold ``fold``'s model sees."""
         if self.boxes is None:
             if self._whole is None:
-                self._whole = load_image_array(self.store, self.size, progress=False)
+                self._whole = load_image_array(self.store, self.size, progress=False, fit=self.fit)
             return self._whole
         from ..data.arrays import load_originals
         from ..models.crops import BOX_COLUMNS, crop
@@ -63,12 +64,24 @@ class ModelInputs:
 
     def to_image(self, maps, fold: int, ids: list[str], shapes: list[tuple[int, int]]) -> list[np.ndarray]:
         """Maps on the inputs → maps of the original images' shapes (pasted into the crop box)."""
+        if self.boxes is None and self.fit != "stretch":
+            return [unfit_square(m, shape, self.fit) for m, shape in zip(maps, shapes)]
         if self.boxes is None:
             return upsample(maps, shapes)
         from ..models.crops import BOX_COLUMNS, paste
 
         return [paste(m, self.boxes.loc[(int(fold), i), list(BOX_COLUMNS)].to_numpy(), shape)
                 for m, i, shape in zip(maps, ids, shapes)]
+
+
+def load_classifier(path):
+    """A fold model as a single-output classifier (the class-probability chain of a multi-task network)."""
+    import keras
+
+    from ..models import builders  # noqa: F401  (registers the preprocessing layer)
+    from ..models.ensemble import classifier_chain
+
+    return classifier_chain(keras.models.load_model(path, compile=False))
 
 
 def model_gradcam_layer(model: ModelResults) -> str | None:
@@ -110,7 +123,7 @@ def explain_model(trained: ModelResults, store: ProcessedData, splits: pd.DataFr
     lesion = table["label"].isin(["benign", "malignant"])
     for fold in tqdm(sorted(splits["fold"].unique()), desc=f"Grad-CAM {name}", disable=not progress):
         part = splits[splits["fold"] == fold]
-        model = keras.models.load_model(trained.fold_model_path(fold), compile=False)
+        model = load_classifier(trained.fold_model_path(fold))
         images = inputs.images(fold)
         ids = {role: [i for i in part.loc[part["role"] == role, "image_id"] if lesion.iloc[pos[i]]] for role in ("val", "test")}
         if max_per_fold:
@@ -172,7 +185,7 @@ def explain_images(trained: ModelResults, store: ProcessedData, splits: pd.DataF
     wanted = [i for i in dict.fromkeys(image_ids) if i in test.index]
     for fold in sorted({int(test[i]) for i in wanted}):
         ids = [i for i in wanted if int(test[i]) == fold]
-        model = keras.models.load_model(trained.fold_model_path(fold), compile=False)
+        model = load_classifier(trained.fold_model_path(fold))
         x = inputs.images(fold)[[pos[i] for i in ids]].astype(np.float32)
         pred = np.asarray(model.predict(x, verbose=0)).argmax(axis=1)
         shapes = [(int(manifest.loc[i, "height"]), int(manifest.loc[i, "width"])) for i in ids]
@@ -221,7 +234,7 @@ def sanity_check_table(model: ModelResults, store: ProcessedData, splits: pd.Dat
     ids = [i for i in test0 if label[i] != "normal"][:n_images]
     pos = {k: i for i, k in enumerate(table["image_id"])}
     x = ModelInputs(model, store).images(0)[[pos[i] for i in ids]].astype(np.float32)
-    net = keras.models.load_model(model.fold_model_path(0), compile=False)
+    net = load_classifier(model.fold_model_path(0))
     out = sanity_check(net, x, None, model_gradcam_layer(model), n_layers, seed, method=method)
     keras.backend.clear_session()
     return pd.DataFrame([{"model": model.name, "layers_randomised": ", ".join(out["layers"]), "n_images": len(ids),

@@ -15,7 +15,9 @@ random image-level split (docs/protocol.md §6).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -171,6 +173,50 @@ def run_segmenter(recipe: SegmenterRecipe, store: ProcessedData, results: Result
 
 # ---------------------------------------------------------------- crop classifier (S1's pipeline)
 @dataclass
+class MaskSource:
+    """Where the crop pipeline's lesion maps come from (S1's segmentation step): every image's map from
+    each outer fold's segmenter (``cv.fold_maps``, on the stretched image) and, for the exported
+    pipeline, ``final()`` → (every image's map from the final segmenter, its epochs, a function that
+    saves the segmenter file ``predict`` runs). ``experiment`` gives the maps' ``recipe`` (threshold,
+    min_area, input_size, as_dict), ``table``, ``store`` and ``seed``."""
+
+    name: str
+    experiment: object
+    cv: object
+    final: Callable[[], tuple[np.ndarray, int | None, Callable[[Path], None]]]
+    preprocessing: str
+    fit: str
+    cv_seconds: float
+    skipped: str | None = None
+
+    @property
+    def recipe(self):
+        return self.experiment.recipe
+
+
+def mask_source(seg: SegRun, seed: int) -> MaskSource:
+    """The frozen-encoder segmenter as the crop pipeline's source; its final segmenter is trained on
+    all images for the folds' median early-stopping epoch when the pipeline is exported."""
+    if seg.skipped:
+        return MaskSource(seg.recipe.name, None, None, lambda: (None, None, None), seg.recipe.preprocessing, "stretch", 0.0,
+                          skipped=seg.skipped)
+
+    def final():
+        ex = seg.experiment
+        epochs = max(1, int(round(float(np.median(seg.cv.timing["best_epoch"])))))
+        dec, _, _, _ = ex.fit(np.arange(len(ex.table)), None, seed + 99, epochs=epochs)
+
+        def save(path: Path) -> None:
+            with atomic_path(path) as tmp:
+                ex.full_segmenter(dec).save(tmp)
+
+        return ex.predict(dec), epochs, save
+
+    return MaskSource(seg.recipe.name, seg.experiment, seg.cv, final, preprocessing=seg.recipe.preprocessing, fit="stretch",
+                      cv_seconds=seg.timing["total_s"])
+
+
+@dataclass
 class CropRun:
     run: ModelRun
     margin: float | None = None
@@ -180,11 +226,11 @@ class CropRun:
     final_boxes: np.ndarray | None = None   # boxes from the final segmenter (all images), for other pipelines' final models
 
 
-def run_crop_classifier(s1: S1Params, s0: S0Params, models: ModelParams, augment, seg: SegRun, store: ProcessedData,
+def run_crop_classifier(s1: S1Params, s0: S0Params, models: ModelParams, augment, seg: MaskSource, store: ProcessedData,
                         results: ResultsStore, *, seed: int, bootstrap: BootstrapParams, progress: bool = True) -> list[CropRun]:
     """One S1-pipeline classifier per backbone of ``s1_classifier_backbones`` (skipped visibly
-    without weights): margin chosen on inner validation, grouped CV on each fold's crops,
-    evaluated, exported with the segmenter."""
+    without weights) on the crops of ``seg``'s lesion maps: margin chosen on inner validation,
+    grouped CV on each fold's crops, evaluated, exported with the segmenter."""
     out = []
     splits = store.splits_of(seed)
     for backbone in s1.classifier_backbones:
@@ -213,13 +259,14 @@ def run_crop_classifier(s1: S1Params, s0: S0Params, models: ModelParams, augment
         ex0 = Experiment(recipe, store, seed=seed, progress=False).prepare()
         run = ModelRun(recipe, results.model_dir(recipe.name), experiment=ex0, cv=cv, evaluation=ev)
         run.timing = {"prepare_s": round(t_margin, 1), "margin_choice_s": round(t_margin, 1), "cv_s": round(t_cv, 1),
-                      "segmenter_cv_s": seg.timing["total_s"],
+                      "segmenter_cv_s": seg.cv_seconds,
                       "per_fold_s": cv.timing["seconds"].tolist()}
         for k, fm in enumerate(cv.fold_models):
             with atomic_path(results.fold_model_path(recipe.name, k)) as tmp:
                 ex0.full_model(fm).save(tmp)
         boxes = source.box_table(margin)
-        pipeline = {"kind": "crop of the predicted lesion", "segmenter": seg.recipe.as_dict(), "margin": margin,
+        pipeline = {"kind": "crop of the predicted lesion", "segmenter": seg.recipe.as_dict(), "segmenter_name": seg.name,
+                    "margin": margin,
                     "margins_tried": margins.to_dict(orient="records"), "crop_from": "the original-resolution image"}
         if models.export_models:
             t0 = time.perf_counter()
@@ -232,16 +279,13 @@ def run_crop_classifier(s1: S1Params, s0: S0Params, models: ModelParams, augment
     return out
 
 
-def export_pipeline(seg: SegRun, cv: CVResult, ev: Evaluation, recipe: Recipe, source: CropSource, margin: float,
+def export_pipeline(seg: MaskSource, cv: CVResult, ev: Evaluation, recipe: Recipe, source: CropSource, margin: float,
                     results: ResultsStore, store: ProcessedData, *, seed: int, bootstrap: BootstrapParams,
                     pipeline: dict) -> tuple[object, np.ndarray]:
-    """Final segmenter (all images, median early-stopping epoch of the folds) → crops of every image
-    → final classifier (all images, the folds' median epochs); both saved, the card describes the pipeline."""
-    ex_seg = seg.experiment
-    seg_epochs = max(1, int(round(float(np.median(seg.cv.timing["best_epoch"])))))
-    n = len(ex_seg.table)
-    dec, _, _, _ = ex_seg.fit(np.arange(n), None, seed + 99, epochs=seg_epochs)
-    maps = ex_seg.predict(dec)
+    """Final segmenter (``seg.final()``) → crops of every image → final classifier (all images, the
+    folds' median epochs); both saved, the card describes the pipeline."""
+    maps, seg_epochs, save_segmenter = seg.final()
+    n = len(maps)
     boxes, _ = boxes_of(maps, seg.recipe.threshold, seg.recipe.min_area, margin)
     crops = np.stack([crop_image(im, b, recipe.input_size) for im, b in zip(source.originals, boxes)])
     ex = Experiment(recipe, store, seed=seed, progress=False, images=crops).prepare()
@@ -249,8 +293,7 @@ def export_pipeline(seg: SegRun, cv: CVResult, ev: Evaluation, recipe: Recipe, s
     fm = ex.fit(np.arange(n), None, seed + 99, epochs=epochs)
     path = results.exported_model_path(recipe.name)
     seg_path = path.with_name(f"{path.stem}.segmenter.keras")
-    with atomic_path(seg_path) as tmp:
-        ex_seg.full_segmenter(dec).save(tmp)
+    save_segmenter(seg_path)
     with atomic_path(path) as tmp:
         ex.full_model(fm).save(tmp)
     card = model_card(recipe, ev, store, epochs, n_splits=int(cv.oof["fold"].nunique()), seed=seed, bootstrap=bootstrap,
@@ -259,7 +302,8 @@ def export_pipeline(seg: SegRun, cv: CVResult, ev: Evaluation, recipe: Recipe, s
                                f"{margin:g} of its size on each side, whole image when nothing is found), cut from the "
                                "original image, then a plain resize to a square (cv2.INTER_AREA)")
     card["pipeline"] = {**pipeline, "segmenter_file": seg_path.name, "segmenter_epochs": seg_epochs,
-                        "segmenter_input_size": seg.recipe.input_size, "threshold": seg.recipe.threshold,
+                        "segmenter_input_size": seg.recipe.input_size, "segmenter_fit": seg.fit,
+                        "threshold": seg.recipe.threshold,
                         "min_area": seg.recipe.min_area}
     write_json(card, path.with_suffix(".json"))
     return path, boxes

@@ -182,9 +182,10 @@ def export_final_keras(keras_path: Path, images: np.ndarray, seed: int, tfl: TFL
     import keras
 
     from ..models import builders  # noqa: F401  (registers the preprocessing layer)
+    from ..models.ensemble import classifier_chain
 
     keras_path = Path(keras_path)
-    model = keras.models.load_model(keras_path, compile=False)
+    model = classifier_chain(keras.models.load_model(keras_path, compile=False))  # a multi-task network: its classifier
     rep = representative_images(images, np.arange(len(images)), tfl.representative_images, seed)
     stem = keras_path.with_suffix("")
     paths = tflite.export_all(model, stem, rep)
@@ -266,14 +267,15 @@ def load_fold_models(results: ResultsStore, name: str) -> list:
     import keras
 
     from ..models import builders  # noqa: F401  (registers the preprocessing layer)
+    from ..models.ensemble import classifier_chain
 
-    return [keras.models.load_model(f, compile=False) for f in results.load(name).fold_model_paths()]
+    return [classifier_chain(keras.models.load_model(f, compile=False)) for f in results.load(name).fold_model_paths()]
 
 
 def three_class_images(store: ProcessedData, results: ResultsStore, name: str) -> np.ndarray:
     """All images at the input size of the three-class model ``name`` (its exported card says it)."""
     card = json.loads(results.exported_model_path(name).with_suffix(".json").read_text())
-    return load_image_array(store, int(card["input"]["size"][0]), progress=False)
+    return load_image_array(store, int(card["input"]["size"][0]), progress=False, fit=card["input"].get("fit", "stretch"))
 
 
 def latency_table(paths: dict, image_files: list[Path], tfl: TFLiteParams) -> pd.DataFrame:
