@@ -98,3 +98,36 @@ def huge_png(side: int = 10_000) -> bytes:
     buf = io.BytesIO()
     Image.new("L", (side, side)).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+def make_tiny_outline_model(path: Path, size: int = 32, seed: int = 0, fit: str = "stretch"):
+    """A network shaped like the multi-task U-Net's export (preprocess → nested encoder with stride 2/4/8/16
+    skips and a top map → nested decoder head → [probabilities, lesion map at the input size]), tiny and
+    untrained, with its card (outline settings, fit)."""
+    import keras
+    from keras import layers
+
+    from busi_study.models.builders import BackbonePreprocess
+    from busi_study.models.multitask import decoder_head
+
+    keras.utils.set_random_seed(seed)
+    x0 = keras.Input((size, size, 3))
+    x, taps = x0, []
+    for k in range(5):
+        x = layers.Conv2D(4 + 2 * k, 3, strides=2, padding="same", activation="relu", name=f"enc{k}")(x)
+        taps.append(x)
+    taps[-1] = layers.ReLU(name="out_relu")(taps[-1])
+    encoder = keras.Model(x0, taps, name="encoder")
+    shapes = {lv: tuple(t.shape[1:]) for lv, t in zip(("S2", "S4", "S8", "S16"), taps[:4])}
+    head = decoder_head(shapes, tuple(taps[-1].shape[1:]), channels=2, dropout=0.0)
+    inp = keras.Input((size, size, 3), name="image")
+    probs, mask = head(encoder(BackbonePreprocess("tf", name="preprocess")(inp)))
+    model = keras.Model(inp, [layers.Identity(name="probs_out")(probs),
+                              layers.UpSampling2D(2, interpolation="bilinear", name="mask_out")(mask)], name="tiny_outline")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    card = {"model": path.stem, "title": "tiny outline model", "classes": ["normal", "benign", "malignant"],
+            "input": {"size": [size, size, 3], "fit": fit}, "gradcam_layer": "out_relu",
+            "outline": {"output": 1, "threshold": 0.5, "min_area": 0.0, "fit": fit}, "cv_metrics": dict(CARD_METRICS)}
+    path.with_suffix(".json").write_text(json.dumps(card))
+    return model

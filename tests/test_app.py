@@ -328,3 +328,43 @@ def test_reruns_keep_the_tensorflow_kernel_cache(reports, monkeypatch):
     at.file_uploader(key="uploads").set_value([("a.png", encode(busi_like()), "image/png")]).run()
     at.run()
     assert not at.exception and cleared == []
+
+
+def test_an_outlining_model_shows_its_outline_and_area_beside_gradcam(tmp_path):
+    """The multi-task model (and its fold ensemble): the page shows the predicted outline and its area,
+    the CSV has lesion_found / lesion_area, and Grad-CAM explains its class path."""
+    from busi_study.app import engine
+    from busi_study.models.ensemble import fold_ensemble
+    from busi_study.predict import OutlineModel, load_model
+
+    from .app_helpers import make_tiny_outline_model
+
+    path = tmp_path / "run" / "models" / "mt.keras"
+    net = make_tiny_outline_model(path)
+    lm = engine.load(engine.entry_for(path))
+    assert lm.outline is not None and lm.fit == "stretch"
+    (r,) = engine.analyse(lm, [("a.png", encode(busi_like(seed=1)))])
+    assert r.error == "" and r.outline is not None and r.outline.shape == r.display.shape
+    assert r.lesion_area is not None and 0.0 <= r.lesion_area <= 1.0 and r.overlay is not None
+    table = engine.results_table([r], lm.decision.get("temperature"))
+    assert {"lesion_found", "lesion_area"} <= set(table.columns) and table["lesion_area"].notna().all()
+    # its fold ensemble: the same page, Grad-CAM the mean over the members' class paths
+    twin = make_tiny_outline_model(tmp_path / "other.keras", seed=1)
+    ens_path = tmp_path / "run" / "models" / "mt.folds.keras"
+    fold_ensemble([net, twin], "mt.folds").save(ens_path)
+    ens_path.with_suffix(".json").write_text(path.with_suffix(".json").read_text())
+    model, _ = load_model(ens_path)
+    assert isinstance(model, OutlineModel) and len(model.chains) == 2
+    (r2,) = engine.analyse(engine.load(engine.entry_for(ens_path)), [("a.png", encode(busi_like(seed=1)))])
+    assert r2.outline is not None and r2.overlay is not None
+
+
+def test_draw_outline_marks_the_contour_only():
+    from busi_study.app import engine
+
+    rgb = np.zeros((40, 40, 3), np.uint8)
+    mask = np.zeros((40, 40), bool)
+    mask[10:30, 10:30] = True
+    out = engine.draw_outline(rgb, mask)
+    green = (out[..., 1] == 255) & (out[..., 0] == 0)
+    assert green[10, 15] and not green[20, 20] and not green[2, 2]
