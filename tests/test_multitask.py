@@ -4,6 +4,7 @@ the masks, is deterministic given its seed, its exported network gives what the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -183,3 +184,17 @@ def test_the_exported_network_outlines_as_the_cached_path_does(trained, demo_sto
     written = [f for f in out["lesion_mask"].iloc[:4] if f]
     assert len(written) == 4 and all(cv2.imread(f, cv2.IMREAD_GRAYSCALE).shape == cv2.imread(str(s)).shape[:2]
                                      for f, s in zip(written, files))
+
+
+def test_an_input_size_the_decoder_cannot_take_fails_when_the_recipe_is_made():
+    from busi_study.errors import ParameterError
+    from busi_study.studies.multitask_run import multitask_recipe
+
+    with pytest.raises(ParameterError, match="'mt_input_size' must be a multiple of 32"):
+        StudyParams.from_profile("smoke", REPO / "params", {"data_source": "demo", "mt_input_size": 112})
+    p = StudyParams.from_profile("smoke", REPO / "params", {"data_source": "demo"})
+    with pytest.raises(ParameterError, match="mt_input_size must be a multiple of 32"):  # and in the recipe itself
+        multitask_recipe(dataclasses.replace(p.mt, input_size=112), p.s0, p.models, p.augment)
+    for key, bad in (("mt_thresholds", [0.5, 1.0]), ("mt_min_areas", [-0.1]), ("mt_crop_prob", 1.5), ("mt_crop_min_side", 0)):
+        with pytest.raises(ParameterError, match=f"'{key}' must be"):
+            StudyParams.from_profile("smoke", REPO / "params", {"data_source": "demo", key: bad})

@@ -407,9 +407,11 @@ def _typed(key: str, value: Any, annotation: Any) -> Any:
 _POSITIVE = {"epochs", "batch_size", "learning_rate", "n_views", "views", "repeats", "resamples", "protocol_repeats",
              "head_channels", "decoder_channels", "representative_images", "latency_runs", "figure_dpi",
              "mobilenet_alpha", "agreement_folds", "protocol_epochs", "sample_grid_per_class"}
-_UNIT_OPEN = {"threshold"}                                   # (0, 1)
-_UNIT_HALF_OPEN = {"dropout", "zoom", "shift", "brightness", "contrast", "min_area"}  # [0, 1)
-_UNIT_CLOSED = {"ssim_min"}                                  # [0, 1]
+_UNIT_OPEN = {"threshold", "thresholds"}                     # (0, 1)
+_UNIT_HALF_OPEN = {"dropout", "zoom", "shift", "brightness", "contrast", "min_area", "min_areas"}  # [0, 1)
+_UNIT_CLOSED = {"ssim_min", "crop_prob"}                     # [0, 1]
+#: Input sizes of networks with a U-Net decoder: a multiple of the encoder's output stride (32).
+_STRIDE_32 = {"s1_seg_input_size", "mt_input_size"}
 
 
 def _range_rule(field: str) -> tuple[str, object] | None:
@@ -426,11 +428,16 @@ def _range_rule(field: str) -> tuple[str, object] | None:
         return "at least 0 and below 1", lambda v: 0 <= v < 1
     if field in _UNIT_CLOSED:
         return "between 0 and 1", lambda v: 0 <= v <= 1
+    if field == "crop_min_side":
+        return "above 0 and at most 1", lambda v: 0 < v <= 1
     return "0 or more", lambda v: v >= 0  # seeds, thresholds of Hamming distances, counts, margins, patience, degrees
 
 
 def _check_range(key: str, field: str, value: Any) -> Any:
     """``value`` (already type-checked) if inside its field's range (:func:`_range_rule`), else ParameterError."""
+    if key in _STRIDE_32 and isinstance(value, int) and value % 32:
+        raise ParameterError(f"parameter '{key}' must be a multiple of 32 (the encoder's output stride), got {value!r} "
+                             f"— e.g. --set {key}=224")
     items = value if isinstance(value, list) else [value]
     for v in items:
         if isinstance(v, bool) or not isinstance(v, (int, float)):

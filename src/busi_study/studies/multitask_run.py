@@ -24,6 +24,7 @@ import pandas as pd
 
 from ..data.images import unfit_square
 from ..data.store import ProcessedData, atomic_path, write_json
+from ..errors import ParameterError
 from ..evaluation.bootstrap import bootstrap_mean_ci, paired_bootstrap_difference, resample_weights
 from ..evaluation.evaluate import Evaluation, arrays, evaluate, validation_scores
 from ..models.ensemble import fold_ensemble
@@ -43,6 +44,9 @@ ENSEMBLE_SUFFIX = ".folds"
 def multitask_recipe(mt: MultitaskParams, s0: S0Params, models: ModelParams, augment: AugmentParams) -> MultitaskRecipe:
     """The S0 recipe's network (MobileNetV2, ``s0_unfreeze_blocks`` fine-tuned, ``s0_dropout``) and both
     of its training phases, with the decoder and the settings of ``mt_*``."""
+    if mt.input_size % 32:
+        raise ParameterError(f"mt_input_size must be a multiple of 32 (the encoder's output stride), got {mt.input_size} "
+                             "— e.g. 224 or 288")
     alpha = models.mobilenet_alpha
     return MultitaskRecipe(
         name=f"mt_unet-mobilenet_v2-a{alpha}-b{s0.unfreeze_blocks}", backbone="mobilenet_v2",
