@@ -22,7 +22,7 @@ TABLE_PATTERNS = ("comparison_*.csv", "comparison_*.md", "*_claims_vs_ours.csv",
                   "eda_intensity_vs_s0.csv", "localisation*.csv", "calibration*.csv", "error_*.csv", "external_*.csv",
                   "s4_backbones.csv", "s4_metrics_binary.csv", "s4_paired_*.csv", "s4_tflite_targets.csv", "s4_wall_times.csv",
                   "s1_enhancement_*.csv", "s1_segmentation_summary.csv", "s1_segmentation_shortcut.csv", "s1_candidates_*.csv",
-                  "s1_seed_comparison*.csv", "*_margins.csv", "s1_late_fusion_*.csv", "mt_segmentation_*.csv", "mt_targets.csv")
+                  "s1_seed_comparison*.csv", "*_margins.csv", "s1_late_fusion_*.csv", "mt_*.csv")
 #: External-validation metrics that ``--check-reference`` compares (docs/protocol.md §9).
 EXTERNAL_CHECK_METRICS = ("auc", "sensitivity_spec90", "specificity_spec90", "ece")
 #: Tables of the ablation profile (params/ablation.yaml), exported to ``reports/reference/ablation/``.

@@ -310,6 +310,19 @@ def targets_table(cls: Evaluation, seg: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def paired_with_s0(results: ResultsStore, name: str, bootstrap: BootstrapParams) -> pd.DataFrame:
+    """This run's multi-task model against its S0 recipe (notebook 04) on the same out-of-fold images:
+    paired group-bootstrap differences (one training seed; the seed repeats are ``seed_comparison``)."""
+    s0 = next((n for n in results.trained_names() if n.startswith("s0_finetune-")), None)
+    if s0 is None or name not in results.trained_names():
+        return pd.DataFrame()
+    y, pa, g = arrays(results.load(name).oof)
+    _, pb, _ = arrays(results.load(s0).oof)
+    d = paired_bootstrap_difference(y, pa, pb, g, metrics=("accuracy", "macro_auc", "benign_vs_malignant_auc", "auc_malignant"),
+                                    n_resamples=bootstrap.resamples, seed=bootstrap.seed)
+    return d.rename(columns={"a": "multitask", "b": "s0"}).assign(multitask_model=name, s0_model=s0)
+
+
 # ---------------------------------------------------------------- against S0 over training seeds
 def seed_comparison(mt: MultitaskParams, s0: S0Params, models: ModelParams, augment: AugmentParams, store: ProcessedData, *,
                     split_seed: int, bootstrap: BootstrapParams, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
