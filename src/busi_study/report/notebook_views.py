@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import plots
+from .. import plots, timing
 from ..data.consistency import open_run_data
 from ..data.store import ProcessedData
 from ..errors import ParameterError
@@ -75,6 +75,7 @@ class StudyNotebook:
         injected cell, which follows the parameters cell, has overridden them by then), so that a
         notebook lists its parameters once. Shows the DEMO banner on demo data; ``need_data`` prints
         what data it reads."""
+        timing.time_cells()  # every later cell a timed step (run_all.py's kernels time them from the first cell)
         typed = StudyParams.from_flat(declared_parameters() if params is None else params, partial=True)
         demo = bool(demo or (typed.data is not None and typed.data.data_source == "demo"))
         report_dir = Path(report_dir)
