@@ -23,6 +23,7 @@ import pandas as pd
 from ..data.arrays import labels_and_groups, load_image_array
 from ..data.store import ProcessedData, sha256_of
 from ..info import PROBA_COLUMNS
+from ..timing import step, timed, timed_iter
 from . import builders
 from .features import cache_key, frozen_outputs, image_views
 from .recipes import Recipe
@@ -87,6 +88,7 @@ class Experiment:
                         r.n_views, self.seed, r.augment.key(), r.preprocessing, sha256_of(self.store.manifest), *extra)
         return self.store.cache_dir / "features" / f"{r.backbone or 'images'}-{what}-{key}.npy"
 
+    @timed("prepare {self.recipe.name}")
     def prepare(self) -> Experiment:
         """Build the frozen networks and compute (or load) the cached views."""
         import os
@@ -129,8 +131,9 @@ class Experiment:
             self.upper_initial = [w.copy() for w in self.upper.get_weights()]
             # phase-1 features (frozen top) from the lower cache: cheap, computed once
             t0 = time.perf_counter()
-            self.top_views = np.stack([np.asarray(self.upper.predict(self.views[v], batch_size=64, verbose=0))
-                                       for v in range(r.n_views)])
+            with step(f"top blocks on the cached lower outputs ({r.n_views} views)"):
+                self.top_views = np.stack([np.asarray(self.upper.predict(self.views[v], batch_size=64, verbose=0))
+                                           for v in range(r.n_views)])
             self.timing["top_from_lower_s"] = round(time.perf_counter() - t0, 1)
         self.timing["frozen_outputs_s"] = info["seconds"]
         self.timing["frozen_outputs_cached"] = info["cached"]
@@ -187,6 +190,7 @@ class Experiment:
         return {role: np.array(sorted(pos[i] for i in part.loc[part["role"] == role, "image_id"]), dtype=int)
                 for role in ("train", "val", "test")}
 
+    @timed("cross-validation {self.recipe.name}")
     def cross_validate(self, splits: pd.DataFrame, *, tta: bool, seed: int | None = None, on_fold=None) -> CVResult:
         """Run every outer fold of ``splits`` (one seed) and collect out-of-fold predictions."""
         return run_folds(lambda fold: self, splits, seed, tta, on_fold)
@@ -219,7 +223,7 @@ def run_folds(experiment_of_fold, splits: pd.DataFrame, seed: int | None, tta: b
     or one per fold when the inputs depend on the fold, e.g. crops from that fold's segmenter)."""
     seed = int(splits["seed"].iloc[0]) if seed is None else seed
     oof, oof_tta, val_rows, hist, timing, models = [], [], [], [], [], []
-    for fold in sorted(splits["fold"].unique()):
+    for fold in timed_iter(sorted(splits["fold"].unique()), "fold {}"):
         ex = experiment_of_fold(int(fold))
         idx = ex.fold_indices(splits, fold)
         fm = ex.fit(idx["train"], idx["val"], seed + 1000 * int(fold))

@@ -31,6 +31,7 @@ import pandas as pd
 
 from ..data.images import read_rgb
 from ..evaluation.metrics import auc_batch
+from ..timing import timed
 
 MODES = ("float32", "float16", "dynamic_int8", "full_int8")
 
@@ -43,6 +44,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     RUNTIME = "tf.lite.Interpreter (ai-edge-litert not installed)"
 
 
+@timed("TFLite convert ({mode})")
 def convert(model, mode: str, representative: np.ndarray | None = None) -> bytes:
     """TFLite flatbuffer of a Keras ``model`` (input: float RGB 0–255, (n, size, size, 3)).
 
@@ -134,6 +136,7 @@ def load_image(path: Path, size: int) -> np.ndarray:
     return cv2.resize(read_rgb(Path(path)), (size, size), interpolation=cv2.INTER_AREA)
 
 
+@timed("TFLite latency {model_file.name} ({threads} threads)")
 def latency(model_file: Path, image_files: list[Path], threads: int, runs: int = 100, warmup: int = 10) -> dict:
     """Per-image latency (ms) of ``model_file`` with ``threads`` interpreter threads,
     preprocessing included (:func:`load_image` + quantise + invoke + dequantise).
@@ -201,6 +204,7 @@ def agreement_3class(labels: np.ndarray, p_keras: np.ndarray, p_tflite: np.ndarr
     return out
 
 
+@timed("TFLite export {out_stem.name}")
 def export_all(model, out_stem: Path, representative: np.ndarray, modes: Iterable[str] = MODES) -> dict[str, Path]:
     """Write ``<out_stem>.<mode>.tflite`` for each mode; return mode → path."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

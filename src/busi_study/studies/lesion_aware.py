@@ -38,6 +38,7 @@ from ..models.registry import weights_available
 from ..models.training import TrainConfig
 from ..params import BootstrapParams, ModelParams, S0Params, S1Params
 from ..results import ResultsStore
+from ..timing import timed, timed_iter
 from .model_run import ModelRun, final_epochs, model_card, write_results
 from .s1_pipeline import CropRun
 
@@ -70,6 +71,7 @@ class CandidateSearch:
     skipped: str | None = None
 
 
+@timed("lesion-aware candidates")
 def run_candidates(s1: S1Params, s0: S0Params, models: ModelParams, augment, crop: CropRun | None, store: ProcessedData,
                    results: ResultsStore, *, seed: int, bootstrap: BootstrapParams, progress: bool = True) -> CandidateSearch:
     """Grouped CV of every candidate; the one with the lowest pooled inner-validation log loss is
@@ -125,6 +127,7 @@ def run_candidates(s1: S1Params, s0: S0Params, models: ModelParams, augment, cro
     return CandidateSearch(table, chosen, run)
 
 
+@timed("fold models + final model {recipe.name}")
 def _save_attention_models(recipe: CandidateRecipe, cv: CVResult, ev: Evaluation, results: ResultsStore,
                            store: ProcessedData, *, seed: int, bootstrap: BootstrapParams, export: bool, run: ModelRun) -> None:
     """Fold models (image → probabilities, for the explanations) and the final model trained on all images."""
@@ -151,6 +154,7 @@ def _save_attention_models(recipe: CandidateRecipe, cv: CVResult, ev: Evaluation
     run.timing["final_model_s"] = round(time.perf_counter() - t0, 1)
 
 
+@timed("late fusion with S0")
 def late_fusion_with_s0(results: ResultsStore, model: str, *, bootstrap: BootstrapParams
                         ) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """Candidate (e) without training: the S0 recipe's and ``model``'s saved predictions averaged,
@@ -171,6 +175,7 @@ def late_fusion_with_s0(results: ResultsStore, model: str, *, bootstrap: Bootstr
     return fu.validation.rename(columns={"w_base": "w_s0"}), paired, text
 
 
+@timed("fold models + final model {recipe.name}")
 def _save_finetuned_attention_models(recipe: CandidateRecipe, cv: CVResult, ev: Evaluation, results: ResultsStore,
                                      store: ProcessedData, *, seed: int, bootstrap: BootstrapParams, export: bool,
                                      run: ModelRun) -> None:
@@ -194,6 +199,7 @@ def _save_finetuned_attention_models(recipe: CandidateRecipe, cv: CVResult, ev: 
     run.timing["final_model_s"] = round(time.perf_counter() - t0, 1)
 
 
+@timed("seed comparison")
 def seed_comparison(search: CandidateSearch, s1: S1Params, s0: S0Params, models: ModelParams, augment, crop: CropRun | None,
                     store: ProcessedData, *, split_seed: int, bootstrap: BootstrapParams, progress: bool = True
                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -206,7 +212,7 @@ def seed_comparison(search: CandidateSearch, s1: S1Params, s0: S0Params, models:
     splits = store.splits_of(split_seed)
     s0_ex = Experiment(s0_recipe(s0, models, augment), store, seed=split_seed, progress=False).prepare()
     rows = []
-    for s in s1.seeds:
+    for s in timed_iter(s1.seeds, "seed {}"):
         t0 = time.perf_counter()
         a = candidate_cv(search.chosen, store, splits, seed=s, source=crop.source if crop else None,
                          margin=crop.margin if crop else None, progress=False, view_seed=split_seed).oof
@@ -235,6 +241,7 @@ def seed_comparison(search: CandidateSearch, s1: S1Params, s0: S0Params, models:
     return per_seed, summary
 
 
+@timed("final model {recipe.name}")
 def _export_two_stream(recipe: CandidateRecipe, cv: CVResult, ev: Evaluation, crop: CropRun, results: ResultsStore,
                        store: ProcessedData, *, seed: int, bootstrap: BootstrapParams, run: ModelRun) -> None:
     """Final two-stream model: its head trained on all images (whole image + the crops of the crop
