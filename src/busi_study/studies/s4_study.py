@@ -181,7 +181,7 @@ def export_final_s4(ex: LightweightExperiment, run: VariantRun, results: Results
     return {"keras": keras_path, **paths}
 
 
-@timed("TFLite export {keras_path.name}")
+@timed("TFLite files and cards {keras_path.name}")
 def export_final_keras(keras_path: Path, images: np.ndarray, seed: int, tfl: TFLiteParams) -> dict:
     """TFLite files (four precisions) + cards beside an exported three-class ``.keras`` model;
     ``images`` are its training images (all images of the dataset) for full-int8 calibration."""
@@ -226,8 +226,7 @@ def fold_agreement(fold_models: list, fold_sets: list[dict], images: np.ndarray,
         pk.append(np.asarray(model.predict(x, batch_size=32, verbose=0), dtype=np.float64))
         ys.append(labels[test])
         rep = representative_images(images, sets["train"], n_rep, seed + k)
-        for mode in tflite.MODES:
-            content = tflite.convert(model, mode, rep if mode == "full_int8" else None)
+        for mode, content in tflite.convert_all(model, tflite.MODES, rep).items():
             pt[mode].append(tflite.TFLiteModel(content, threads=2).predict(x))
     y, keras_p = np.concatenate(ys), np.concatenate(pk)
     rows = []
