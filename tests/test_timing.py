@@ -79,7 +79,7 @@ def test_steps_nest_with_parents_and_record_failures(step_log):
     assert by["fold 1"]["parent_id"] == by["cross-validation s0 (2 folds)"]["id"]
     assert by["fails"]["ok"] is False and by["fold 0"]["ok"] is True
     assert by["after"]["parent"] is None and by["after"]["depth"] == 0 and by["after"]["seconds"] >= 0.01
-    assert all(r["notebook"] == "03_x" and r["seconds"] is not None for r in rec)
+    assert all(r["notebook"] == "03_x" and r["seconds"] is not None and r["cpu_s"] >= 0 for r in rec)
     assert by["cell [4]"]["seconds"] >= by["cross-validation s0 (2 folds)"]["seconds"]
 
 
@@ -219,7 +219,8 @@ def test_the_console_names_the_current_step_once_when_it_has_run_a_while(step_lo
 def test_the_front_page_says_where_the_time_goes(tmp_path):
     from busi_study.report.index import _timing_section
 
-    steps = [{"notebook": "02_a", "step": "cell 3 · Grouped CV", "parent": None, "depth": 0, "cell": 3, "seconds": 50.0},
+    steps = [{"notebook": "02_a", "step": "cell 3 · Grouped CV", "parent": None, "depth": 0, "cell": 3, "seconds": 50.0,
+              "cpu_s": 95.0},
              {"notebook": "02_a", "step": "cross-validation s2_cnn", "parent": "cell 3 · Grouped CV", "depth": 1, "cell": None,
               "seconds": 45.0},
              {"notebook": "02_a", "step": sv.HTML_STEP, "parent": None, "depth": 0, "cell": None, "seconds": 2.0},
@@ -229,7 +230,7 @@ def test_the_front_page_says_where_the_time_goes(tmp_path):
     assert "tables/timing_steps.csv" in html and "The 3 slowest steps" in html
     slowest = html[html.index("The 3 slowest steps"):]
     assert slowest.index("cell 3 · Grouped CV") < slowest.index("cross-validation s2_cnn") < slowest.index("cell 4 · Head")
-    assert sv.HTML_STEP not in slowest
+    assert sv.HTML_STEP not in slowest and "<td>1.9</td>" in slowest  # cores busy: 95 CPU s in 50 s
     totals = sv.notebook_totals(meta).set_index("notebook")
     assert totals.loc["02_a", "in_cells_s"] == 50.0 and totals.loc["02_a", "other_s"] == 12.0
     assert totals.loc["03_b", "slowest_cell"] == "cell 4 · Head"

@@ -82,7 +82,7 @@ class step:  # noqa: N801 - used like a function: ``with step("…"):``
 
     ``cell``: the execution count of a notebook cell (set by :func:`time_cells` only)."""
 
-    __slots__ = ("name", "cell", "_id", "_t0", "_path")
+    __slots__ = ("name", "cell", "_id", "_t0", "_c0", "_path")
 
     def __init__(self, name: str, *, cell: int | None = None) -> None:
         self.name, self.cell, self._id, self._path = str(name), cell, None, None
@@ -101,20 +101,21 @@ class step:  # noqa: N801 - used like a function: ``with step("…"):``
                   "parent": parent[1] if parent else None, "depth": depth, "t": round(time.time(), 3)}
         if self.cell is not None:
             record["cell"] = self.cell
-        self._t0 = time.perf_counter()
+        self._t0, self._c0 = time.perf_counter(), time.process_time()
         _write(path, record)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self._id is None:
             return False
-        seconds = time.perf_counter() - self._t0
+        seconds, cpu = time.perf_counter() - self._t0, time.process_time() - self._c0
         with _lock:  # our own entry, wherever it is (a step of another thread may have started since)
             for k in range(len(_stack) - 1, -1, -1):
                 if _stack[k][0] == self._id:
                     del _stack[k]
                     break
-        _write(self._path, {"e": "end", "id": self._id, "seconds": round(seconds, 3), "ok": exc_type is None})
+        _write(self._path, {"e": "end", "id": self._id, "seconds": round(seconds, 3), "cpu": round(cpu, 3),
+                            "ok": exc_type is None})
         self._id = None
         return False
 
@@ -258,7 +259,9 @@ def kernel_environment(log: Path | str, notebook: str) -> dict[str, str]:
 def read_step_log(path: Path | str) -> list[dict]:
     """The steps of a log, in the order they started: dicts with id, parent_id, notebook, step,
     parent, depth, start (Unix time), seconds (None while running or when the process died),
-    ok (None likewise) and cell (execution count of a cell step, else None). A torn last line
+    cpu_s (CPU seconds of the process's threads meanwhile: about 2 × seconds when both cores of a
+    2-core machine were busy), ok (None likewise) and cell (execution count of a cell step, else
+    None). A torn last line
     (a log being written) is left out."""
     steps: dict[str, dict] = {}
     try:
@@ -273,7 +276,8 @@ def read_step_log(path: Path | str) -> list[dict]:
         if r.get("e") == "start":
             steps[r["id"]] = {"id": r["id"], "parent_id": r.get("parent_id"), "notebook": r.get("notebook", ""),
                               "step": r.get("step", ""), "parent": r.get("parent"), "depth": int(r.get("depth", 0)),
-                              "start": float(r.get("t", 0.0)), "seconds": None, "ok": None, "cell": r.get("cell")}
+                              "start": float(r.get("t", 0.0)), "seconds": None, "cpu_s": None, "ok": None,
+                              "cell": r.get("cell")}
         elif r.get("e") == "end" and r.get("id") in steps:
-            steps[r["id"]].update(seconds=r.get("seconds"), ok=r.get("ok"))
+            steps[r["id"]].update(seconds=r.get("seconds"), cpu_s=r.get("cpu"), ok=r.get("ok"))
     return list(steps.values())

@@ -120,8 +120,12 @@ def _timing_section(meta: dict, top: int = 15) -> str:
     for k, r in slowest_steps(steps, top).iterrows():
         share = f"{100 * r['seconds'] / total:.0f} %" if total > 0 else "–"
         inside = _e(r["parent"]) if isinstance(r["parent"], str) and r["parent"] else "–"
-        rows.append((k + 1, _e(r["notebook"]), _e(r["step"]), inside, _s(r["seconds"]), share))
-    parts.append(_table(rows, ("", "notebook", "step", "inside", "seconds", "of the run")))
+        cores = (f"{r['cpu_s'] / r['seconds']:.1f}" if pd.notna(r.get("cpu_s")) and r["seconds"] > 0 else "–")
+        rows.append((k + 1, _e(r["notebook"]), _e(r["step"]), inside, _s(r["seconds"]), share, cores))
+    parts.append(_table(rows, ("", "notebook", "step", "inside", "seconds", "of the run", "cores busy")))
+    parts.append("<p><i>cores busy</i>: CPU seconds of the notebook's process over wall seconds (2.0: both cores of a "
+                 "2-core machine; about 1: one core, a step a second process could run beside another; lower: waiting "
+                 "for the disk, another process or another machine's job).</p>")
     return "\n".join(parts)
 
 

@@ -497,10 +497,11 @@ def _console_line(console, progress: bool):
     return say
 
 
-def runner_step(notebook: str, name: str, seconds: float, start_s: float) -> dict:
+def runner_step(notebook: str, name: str, seconds: float, start_s: float, cpu_s: float | None = None) -> dict:
     """A step the runner itself timed (HTML export of a notebook, the model comparison)."""
     return {"notebook": notebook, "step": name, "parent": None, "depth": 0, "cell": None, "start_s": round(start_s, 1),
-            "seconds": round(seconds, 2), "ok": True, "id": None, "parent_id": None}
+            "seconds": round(seconds, 2), "cpu_s": None if cpu_s is None else round(cpu_s, 2), "ok": True, "id": None,
+            "parent_id": None}
 
 
 def carried_steps(prev_meta: dict, carried: dict[str, dict]) -> list[dict]:
@@ -679,12 +680,13 @@ def run_study(cfg: RunConfig) -> int:
                 wall = round(time.perf_counter() - t0, 1)
                 run_steps += step_view.notebook_steps(step_log, nb, started)
                 if executed.exists() and not interrupted:
-                    t_html = time.perf_counter()
+                    t_html, c_html = time.perf_counter(), time.process_time()
                     try:
                         render_html(executed, html, cfg.demo)
                     except Exception as exc:  # the executed notebook stays the primary record
                         _say(f"    (HTML export failed: {type(exc).__name__}: {exc})")
-                    run_steps.append(runner_step(nb.stem, step_view.HTML_STEP, time.perf_counter() - t_html, wall))
+                    run_steps.append(runner_step(nb.stem, step_view.HTML_STEP, time.perf_counter() - t_html, wall,
+                                                 time.process_time() - c_html))
                 status[nb.stem].update(ok=error is None, wall_s=wall, error=error, outputs=written_since(before, run_dir))
                 if error:
                     failed = (nb, error, executed)
@@ -708,10 +710,10 @@ def run_study(cfg: RunConfig) -> int:
             except ProvenanceError as exc:
                 failed = (notebooks[-1], f"ProvenanceError: {exc}", run_dir)
 
-        t_summary = time.perf_counter()
+        t_summary, c_summary = time.perf_counter(), time.process_time()
         meta["models"] = None if interrupted else _model_summary(run_dir, base_params, cfg.demo)
         run_steps.append(runner_step("runner", "model comparison (summary, paired bootstrap)",
-                                     time.perf_counter() - t_summary, t_summary - t_run))
+                                     time.perf_counter() - t_summary, t_summary - t_run, time.process_time() - c_summary))
         meta["notebooks"] = [status[k] for k in sorted(status)]
         meta["steps"] = run_steps
         if run_steps and not interrupted:

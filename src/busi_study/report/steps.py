@@ -102,7 +102,8 @@ def notebook_steps(log: Path, notebook: Path | dict, t0: float | None = None) ->
     t0 = min(r["start"] for r in raw) if t0 is None else t0
     return [{"notebook": r["notebook"], "step": r["step"], "parent": name.get(r["parent_id"], r["parent"]),
              "depth": r["depth"], "cell": r["cell"], "start_s": round(r["start"] - t0, 1),
-             "seconds": None if r["seconds"] is None else round(float(r["seconds"]), 2), "ok": r["ok"],
+             "seconds": None if r["seconds"] is None else round(float(r["seconds"]), 2),
+             "cpu_s": None if r.get("cpu_s") is None else round(float(r["cpu_s"]), 2), "ok": r["ok"],
              "id": seq[r["id"]], "parent_id": seq.get(r["parent_id"])} for r in raw]
 
 
@@ -290,7 +291,7 @@ def _clock(seconds: float) -> str:
 
 
 # ---------------------------------------------------------------- tables
-STEP_COLUMNS = ["notebook", "step", "parent", "depth", "cell", "start_s", "seconds", "ok", "from_run"]
+STEP_COLUMNS = ["notebook", "step", "parent", "depth", "cell", "start_s", "seconds", "cpu_s", "ok", "from_run"]
 
 
 def steps_table(steps: list[dict]) -> pd.DataFrame:
