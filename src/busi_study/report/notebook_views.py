@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -21,8 +22,10 @@ from ..errors import ParameterError
 from ..info import DEMO_BANNER
 from ..params import StudyParams, all_keys
 from ..results import ResultsStore
-from ..studies.model_run import ModelRun, metrics_display
 from .export import save_figure, save_table, titled
+
+if TYPE_CHECKING:  # imported where a model run is shown: the data and EDA notebooks never load Keras
+    from ..studies.model_run import ModelRun
 
 
 def _display(*objs) -> None:
@@ -126,6 +129,8 @@ class StudyNotebook:
     def show_model_run(self, run: ModelRun, bootstrap_resamples: int) -> None:
         """Learning curves, confusion matrix, ROC and the metrics table (with CIs) of one model run;
         a skipped model shows its reason instead."""
+        from ..studies.model_run import metrics_display
+
         if run.skipped:
             self.note(f"**SKIPPED {run.recipe.name}**: {run.skipped}")
             return
