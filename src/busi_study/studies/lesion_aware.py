@@ -69,6 +69,7 @@ class CandidateSearch:
     chosen: CandidateRecipe | None
     run: ModelRun | None = None
     skipped: str | None = None
+    seed: int | None = None              # the training (and split) seed of the search's CVs
 
 
 @timed("lesion-aware candidates")
@@ -124,7 +125,7 @@ def run_candidates(s1: S1Params, s0: S0Params, models: ModelParams, augment, cro
     write_results(run, store, results, seed=seed, models=models, bootstrap=bootstrap,
                   extra={"candidate_search": table.to_dict(orient="records"),
                          "choice": "lowest pooled inner-validation log loss (outer test folds unused)"})
-    return CandidateSearch(table, chosen, run)
+    return CandidateSearch(table, chosen, run, seed=seed)
 
 
 @timed("fold models + final model {recipe.name}")
@@ -214,11 +215,13 @@ def seed_comparison(search: CandidateSearch, s1: S1Params, s0: S0Params, models:
     rows = []
     for s in timed_iter(s1.seeds, "seed {}"):
         t0 = time.perf_counter()
-        a = candidate_cv(search.chosen, store, splits, seed=s, source=crop.source if crop else None,
-                         margin=crop.margin if crop else None, progress=False, view_seed=split_seed).oof
+        reuse = s == split_seed == search.seed and search.run is not None  # the very CV the search ran: same call, same numbers
+        a = search.run.cv.oof if reuse else candidate_cv(search.chosen, store, splits, seed=s, view_seed=split_seed, progress=False,
+                                                         source=crop.source if crop else None, margin=crop.margin if crop else None).oof
         t1 = time.perf_counter()
         b = s0_ex.cross_validate(splits, seed=s, tta=False).oof
-        seconds = {"lesion_aware_s": round(t1 - t0, 1), "s0_s": round(time.perf_counter() - t1, 1)}
+        seconds = {"lesion_aware_s": float(search.run.timing["cv_s"]) if reuse else round(t1 - t0, 1),
+                   "s0_s": round(time.perf_counter() - t1, 1)}
         y, pa, g = arrays(a)
         _, pb, _ = arrays(b)
         d = paired_bootstrap_difference(y, pa, pb, g, metrics=("accuracy", "macro_auc", "benign_vs_malignant_auc"),
