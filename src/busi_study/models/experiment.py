@@ -89,8 +89,10 @@ class Experiment:
         return self.store.cache_dir / "features" / f"{r.backbone or 'images'}-{what}-{key}.npy"
 
     @timed("prepare {self.recipe.name}")
-    def prepare(self) -> Experiment:
-        """Build the frozen networks and compute (or load) the cached views."""
+    def prepare(self, views: bool = True) -> Experiment:
+        """Build the frozen networks and compute (or load) the cached views; ``views=False``: the
+        networks only, the same ones (what :meth:`full_model` turns fold models into classifiers
+        with), without decoding an image or computing a view."""
         import os
 
         import keras
@@ -101,10 +103,12 @@ class Experiment:
         # deterministic ops unless switched off to measure their cost (BUSI_DETERMINISTIC=0)
         self.determinism = enable() if os.environ.get("BUSI_DETERMINISTIC", "1") != "0" else {"op_determinism": False}
         t0 = time.perf_counter()
-        images = self.images if self.images is not None else load_image_array(self.store, r.input_size, r.preprocessing,
-                                                                             progress=self.progress)
+        images = None if not views else self.images if self.images is not None else load_image_array(
+            self.store, r.input_size, r.preprocessing, progress=self.progress)
         self.timing["decode_s"] = round(time.perf_counter() - t0, 1)
         if r.kind == "scratch":
+            if not views:
+                return self
             t0 = time.perf_counter()
             self.views = image_views(images, r.n_views, self.seed, r.augment)
             self.timing["views_s"] = round(time.perf_counter() - t0, 1)
@@ -115,6 +119,8 @@ class Experiment:
         inputs = keras.Input((r.input_size, r.input_size, 3), name="image")
         if r.kind == "frozen_head":
             extractor = keras.Model(inputs, self.backbone(self.preprocess(inputs)))
+            if not views:
+                return self
             self.views, info = frozen_outputs(extractor, images, r.n_views, self.seed, r.augment, self._cache_path("top"),
                                               progress=self.progress)
         else:
@@ -126,6 +132,9 @@ class Experiment:
             lower = keras.Model(self.backbone.input, boundary, name="lower")
             self.upper = keras.Model(boundary, self.backbone.output, name="upper")
             extractor = keras.Model(inputs, lower(self.preprocess(inputs)))
+            if not views:
+                self.upper_initial = [w.copy() for w in self.upper.get_weights()]
+                return self
             self.views, info = frozen_outputs(extractor, images, r.n_views, self.seed, r.augment, self._cache_path("lower"),
                                               progress=self.progress)
             self.upper_initial = [w.copy() for w in self.upper.get_weights()]

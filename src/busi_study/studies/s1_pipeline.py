@@ -214,7 +214,7 @@ def run_crop_classifier(s1: S1Params, s0: S0Params, models: ModelParams, augment
         ev = evaluate(cv.oof, cv.val, tta=cv.oof_tta, conflict_ids=conflicts, n_resamples=bootstrap.resamples,
                       seed=bootstrap.seed)
         # the networks that turn a fold model into an exportable classifier (the weights come from the fold model)
-        ex0 = Experiment(recipe, store, seed=seed, progress=False).prepare()
+        ex0 = Experiment(recipe, store, seed=seed, progress=False).prepare(views=False)  # networks only: no views
         run = ModelRun(recipe, results.model_dir(recipe.name), experiment=ex0, cv=cv, evaluation=ev)
         run.timing = {"prepare_s": round(t_margin, 1), "margin_choice_s": round(t_margin, 1), "cv_s": round(t_cv, 1),
                       "segmenter_cv_s": seg.timing["total_s"],
