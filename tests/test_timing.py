@@ -220,23 +220,29 @@ def test_the_front_page_says_where_the_time_goes(tmp_path):
     from busi_study.report.index import _timing_section
 
     steps = [{"notebook": "02_a", "step": "cell 3 · Grouped CV", "parent": None, "depth": 0, "cell": 3, "seconds": 50.0,
-              "cpu_s": 95.0},
+              "cpu_s": 95.0, "id": 1, "parent_id": None},
              {"notebook": "02_a", "step": "cross-validation s2_cnn", "parent": "cell 3 · Grouped CV", "depth": 1, "cell": None,
-              "seconds": 45.0},
+              "seconds": 40.0, "id": 2, "parent_id": 1},
              {"notebook": "02_a", "step": sv.HTML_STEP, "parent": None, "depth": 0, "cell": None, "seconds": 2.0},
-             {"notebook": "03_b", "step": "cell 4 · Head", "parent": None, "depth": 0, "cell": 4, "seconds": 20.0}]
+             {"notebook": "03_b", "step": "cell 4 · Head", "parent": None, "depth": 0, "cell": 4, "seconds": 20.0, "id": 1,
+              "parent_id": None},
+             {"notebook": "03_b", "step": "model run s3", "parent": "cell 4 · Head", "depth": 1, "cell": None, "seconds": 19.0,
+              "id": 2, "parent_id": 1}]
     meta = _meta({"02_a": 60.0, "03_b": 25.0}, steps)
     html = _timing_section(meta, top=3)
     assert "tables/timing_steps.csv" in html and "The 3 slowest steps" in html
     slowest = html[html.index("The 3 slowest steps"):]
-    assert slowest.index("cell 3 · Grouped CV") < slowest.index("cross-validation s2_cnn") < slowest.index("cell 4 · Head")
+    assert slowest.index("cell 3 · Grouped CV") < slowest.index("cross-validation s2_cnn") < slowest.index("model run s3")
     assert sv.HTML_STEP not in slowest and "<td>1.9</td>" in slowest  # cores busy: 95 CPU s in 50 s
+    # cell 4 is almost all its model run (19 of 20 s): the list shows the model run, not both
+    assert [r["step"] for _, r in sv.slowest_steps(steps, 10).iterrows()] == [
+        "cell 3 · Grouped CV", "cross-validation s2_cnn", "model run s3", sv.HTML_STEP]
     totals = sv.notebook_totals(meta).set_index("notebook")
     assert totals.loc["02_a", "in_cells_s"] == 50.0 and totals.loc["02_a", "other_s"] == 12.0
     assert totals.loc["03_b", "slowest_cell"] == "cell 4 · Head"
     assert "No step timings" in _timing_section(_meta({"02_a": 60.0}))
     table = sv.steps_table(steps)
-    assert list(table.columns) == sv.STEP_COLUMNS and len(table) == 4
+    assert list(table.columns) == sv.STEP_COLUMNS and len(table) == 5
 
 
 # ---------------------------------------------------------------- a real kernel through the runner

@@ -111,7 +111,8 @@ def _timing_section(meta: dict, top: int = 15) -> str:
     parts = [f"<p>Every notebook cell and the study's costly steps inside them (image decoding, frozen-feature caches, "
              f"cross-validations and their folds, source-protocol repeats, final models, TFLite export and agreement, "
              f"Grad-CAM maps, bootstraps, figures and tables) are timed; steps nest, a step's time includes the steps "
-             f"inside it. All {len(steps)} steps: <a href=\"tables/timing_steps.csv\">CSV</a> · "
+             f"inside it (the list of the slowest leaves out a step that is almost all one step inside it and shows "
+             f'that one). All {len(steps)} steps: <a href="tables/timing_steps.csv">CSV</a> · '
              f'<a href="tables/timing_steps.tex">LaTeX</a>. The console estimates the time left of the next run of '
              f"this profile from them.</p>",
              _table(rows, ("notebook", "wall time (s)", "in its cells (s)", "kernel, papermill, HTML (s)", "slowest cell")),

@@ -303,8 +303,17 @@ def steps_table(steps: list[dict]) -> pd.DataFrame:
     return t[STEP_COLUMNS]
 
 
-def slowest_steps(steps: list[dict], n: int = 15) -> pd.DataFrame:
-    """The ``n`` slowest steps of any depth (a step's time includes the steps inside it)."""
+def slowest_steps(steps: list[dict], n: int = 15, covered: float = 0.9) -> pd.DataFrame:
+    """The ``n`` slowest steps of any depth (a step's time includes the steps inside it); a step that
+    is almost all (``covered``) one step inside it, such as a cell that makes one call, is left to
+    that step, which says more."""
+    inner: dict[tuple, float] = {}
+    for s in steps:
+        if s.get("parent_id") is not None and s.get("seconds") is not None:
+            key = (s.get("notebook"), s.get("from_run"), s["parent_id"])
+            inner[key] = max(inner.get(key, 0.0), float(s["seconds"]))
+    steps = [s for s in steps if s.get("seconds") is None or s.get("id") is None
+             or inner.get((s.get("notebook"), s.get("from_run"), s["id"]), 0.0) < covered * float(s["seconds"])]
     t = steps_table(steps)
     t = t[pd.to_numeric(t["seconds"], errors="coerce").notna()].copy()
     t["seconds"] = t["seconds"].astype(float)
