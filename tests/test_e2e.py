@@ -31,7 +31,7 @@ pytestmark = pytest.mark.e2e
 def run_all(tmp: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(REPO / "run_all.py"), "--demo", "--profile", "smoke", "--no-progress",
            "--reports-dir", str(tmp / "reports"), "--data-dir", str(tmp / "data"), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=2400, cwd=tmp)
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +87,42 @@ def test_run_metadata(study):
     assert len(data["manifest_sha256"]) == 64 and data["dataset"] == "demo"
     assert data["duplicates"]["n_label_conflict_groups"] == 1
     assert meta["params"]["seed"] == 42 and meta["params"]["data_source"] == "demo"
+
+
+def test_every_notebook_step_is_timed(study):
+    """run.json holds a step for every executed cell of every notebook (papermill's injected
+    parameters cell included), the package's costly steps nested inside them, and the front page
+    says where the time went."""
+    from busi_study.report.steps import cell_titles
+
+    tmp, first, run = study
+    meta = json.loads((run / "run.json").read_text())
+    steps = meta["steps"]
+    for nb in discover_notebooks(REPO / "notebooks"):
+        executed = json.loads((run / "notebooks" / nb.name).read_text())
+        counts = sorted(c["execution_count"] for c in executed["cells"] if c["cell_type"] == "code" and c["execution_count"])
+        cells = {s["cell"]: s for s in steps if s["notebook"] == nb.stem and s["cell"] is not None}
+        assert counts and sorted(cells) == counts, f"{nb.stem}: cells {counts}, timed {sorted(cells)}"
+        assert all(s["seconds"] is not None and s["ok"] for s in cells.values()), nb.stem
+        assert {s["step"] for s in cells.values()} == set(cell_titles(nb).values()), nb.stem
+    inside = [s for s in steps if s["cell"] is None and s["depth"] > 0]
+    assert all(s["parent"] and s["seconds"] is not None for s in inside)
+    names = {s["step"] for s in inside}
+    expected = ["decode images", "prepare s2_cnn", "cross-validation s2_cnn", "fold 0", "repeat 0", "final model",
+                "evaluate (metrics", "group bootstrap", "TFLite agreement", "Grad-CAM s2_cnn", "figure ", "table "]
+    if weights_available("mobilenet_v2", "imagenet", 112, alpha=0.35)[0]:  # the pretrained models' steps
+        expected += ["frozen outputs", "encoder outputs", "S1 protocol", "margin choice"]
+    for prefix in expected:
+        assert any(n.startswith(prefix) for n in names), prefix
+    by_nb = {}
+    for s in inside:
+        by_nb.setdefault(s["notebook"], set()).add(s["step"].split(" ")[0])
+    assert {"cross-validation", "evaluate"} <= by_nb["02_baseline_cnn"] and "Grad-CAM" in by_nb["07_error_analysis"]
+    table = pd.read_csv(run / "tables" / "timing_steps.csv")
+    assert len(table) == len(steps) and table["seconds"].notna().all()
+    index = (run / "index.html").read_text()
+    assert 'id="timing"' in index and "The 15 slowest steps" in index
+    assert "Time: no earlier complete run of this profile" in first.stdout
 
 
 def test_models_results_exports_and_comparison(study):
@@ -210,6 +246,10 @@ def test_only_reruns_one_notebook_and_carries_the_rest(study):
     meta = json.loads((new / "run.json").read_text())
     by = {n["name"]: n for n in meta["notebooks"]}
     assert by["00_download"]["from_run"] == good.name and by["01_eda_intensity"]["from_run"] is None
+    # the steps of the carried notebooks come with them; the time left is estimated from the complete run
+    carried = {s["from_run"] for s in meta["steps"] if s["notebook"] == "00_download"}
+    assert carried == {good.name} and all(s.get("from_run") is None for s in meta["steps"] if s["notebook"] == "01_eda_intensity")
+    assert f"(from run {good.name})" in res.stdout and "01_eda_intensity … (last run" in res.stdout
     assert (new / "html" / "00_download.html").exists()
     assert meta["partial_of"] == good.name
 

@@ -350,6 +350,18 @@ def test_candidates_are_chosen_on_validation_and_only_the_chosen_one_is_written(
     assert sorted(per_seed["seed"].unique()) == [42, 43] and set(summary["n_seeds"]) == {2}
     assert {"accuracy", "macro_auc", "benign_vs_malignant_auc"} == set(summary["metric"])
     assert (per_seed["lesion_aware_s"] > 0).all() and (per_seed["s0_s"] > 0).all()  # each step's wall time
+    # seed 42 is the split seed and the search's own: its CV is the search's (not run again), and running it
+    # again gives exactly the same predictions, so the table is what recomputing it would give
+    from busi_study.evaluation.evaluate import arrays as prediction_arrays
+    from busi_study.evaluation.metrics import classification_metrics
+    from busi_study.models.lesion_models import candidate_cv
+
+    again = candidate_cv(search.chosen, demo_store, demo_store.splits_of(42), seed=42, view_seed=42, progress=False,
+                         source=crop.source, margin=crop.margin).oof
+    pd.testing.assert_frame_equal(again, search.run.cv.oof, check_exact=True)
+    row = per_seed[(per_seed["seed"] == 42) & (per_seed["metric"] == "accuracy")].iloc[0]
+    assert row["lesion_aware"] == classification_metrics(*prediction_arrays(again)[:2])["accuracy"]
+    assert row["lesion_aware_s"] == search.run.timing["cv_s"]
 
 
 def test_exported_attention_model_predicts_and_explains(demo_store, tmp_path):

@@ -17,6 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 keras = pytest.importorskip("keras")
 
 from busi_study.cli import REPO  # noqa: E402
+from busi_study.data import arrays  # noqa: E402
 from busi_study.data.prepare import prepare_data  # noqa: E402
 from busi_study.models import builders, registry  # noqa: E402
 from busi_study.models.experiment import Experiment  # noqa: E402
@@ -165,6 +166,11 @@ def test_finetune_restores_imagenet_start_and_fold_snapshots(demo_store):
     full = ex.full_model(fm1)
     x = ex.views[0, :3]
     assert full.output_shape[-1] == 3 and x.shape[0] == 3
+    # the networks alone (what turns fold models into classifiers, e.g. notebook 05's crop pipeline) are the same
+    bare = Experiment(tiny("finetune"), demo_store, seed=42, progress=False).prepare(views=False)
+    assert bare.views is None and not hasattr(bare, "top_views")
+    images = arrays.load_image_array(demo_store, ex.recipe.input_size, progress=False)[:6].astype(np.float32)
+    np.testing.assert_array_equal(bare.full_model(fm1).predict(images, verbose=0), ex.full_model(fm1).predict(images, verbose=0))
 
 
 def test_export_and_predict_cli(tmp_path, demo_store, capsys):

@@ -198,3 +198,17 @@ def test_an_input_size_the_decoder_cannot_take_fails_when_the_recipe_is_made():
     for key, bad in (("mt_thresholds", [0.5, 1.0]), ("mt_min_areas", [-0.1]), ("mt_crop_prob", 1.5), ("mt_crop_min_side", 0)):
         with pytest.raises(ParameterError, match=f"'{key}' must be"):
             StudyParams.from_profile("smoke", REPO / "params", {"data_source": "demo", key: bad})
+
+
+@needs_weights
+def test_seed_comparison_pairs_the_multitask_model_with_s0_per_seed(demo_store):
+    from busi_study.studies.multitask_run import seed_comparison
+
+    p = StudyParams.from_profile("smoke", REPO / "params", {"data_source": "demo", "mt_seeds": [42], "s0_head_epochs": 1,
+                                                            "s0_finetune_epochs": 1, "s0_input_size": 64})
+    per_seed, summary = seed_comparison(p.mt, p.s0, p.models, p.augment, demo_store, split_seed=42, bootstrap=p.bootstrap,
+                                        progress=False)
+    assert set(per_seed["metric"]) == {"accuracy", "macro_auc", "benign_vs_malignant_auc"} and set(per_seed["seed"]) == {42}
+    assert (per_seed["ci_low"] <= per_seed["diff"]).all() and (per_seed["diff"] <= per_seed["ci_high"]).all()
+    assert np.allclose(per_seed["diff"], per_seed["multitask"] - per_seed["s0"])
+    assert set(summary["n_seeds"]) == {1} and {"seeds_better_ci_excludes_0"} <= set(summary.columns)

@@ -80,7 +80,8 @@ MACHINERY = ["busi_study.models.recipes", "busi_study.models.training", "busi_st
 #: class count, inference batch sizes (no effect on a prediction), and a recipe's descriptive label.
 STRUCTURAL = {"progress", "name", "n_classes", "batch_size", "on_fold", "cache", "augment_views", "restore_best",
               "steps_per_execution", "source_study", "backbone_kwargs", "weights_snapshot", "timing", "head", "metric",
-              "tta", "view"}  # tta, view: which prediction a call asks for (view 0, or the mean over the views)
+              "tta", "view", "views"}  # tta, view: which prediction a call asks for (view 0, or the mean over the views);
+# views: whether Experiment.prepare computes the cached views or builds the networks only
 #: Keras's own Layer arguments (a custom layer inherits them).
 KERAS_LAYER = {"activity_regularizer", "trainable", "dtype", "autocast"}
 

@@ -64,6 +64,18 @@ def test_every_precision_converts_and_runs(exported, images):
     assert tflite.RUNTIME == "ai_edge_litert"
 
 
+def test_one_export_for_every_precision_gives_the_same_files_byte_for_byte(exported, images):
+    """convert_all shares one SavedModel export between the precisions (export_all and the fold
+    agreement use it); each flatbuffer must be exactly what a conversion of its own gives."""
+    model, paths = exported
+    for mode in tflite.MODES:
+        alone = tflite.convert(model, mode, images[:20] if mode == "full_int8" else None)
+        assert paths[mode].read_bytes() == alone, mode
+    assert tflite.convert_all(model, ["float16"]) == {"float16": paths["float16"].read_bytes()}
+    with pytest.raises(ValueError, match="mode must be one of"):
+        tflite.convert_all(model, ["int4"])
+
+
 def test_full_int8_needs_training_images():
     with pytest.raises(ValueError, match="representative"):
         tflite.convert(tiny_classifier(1), "full_int8", None)

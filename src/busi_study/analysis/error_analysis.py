@@ -25,6 +25,7 @@ from ..evaluation.calibration import (
 from ..evaluation.evaluate import arrays
 from ..info import CLASSES, PROBA_COLUMNS
 from ..results import ModelResults
+from ..timing import timed
 
 
 def with_predictions(oof: pd.DataFrame) -> pd.DataFrame:
@@ -37,6 +38,7 @@ def with_predictions(oof: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+@timed("annotation features")
 def annotation_features(manifest: pd.DataFrame, root: Path, progress: bool = True) -> pd.DataFrame:
     """Burned-in annotations per image.
 
@@ -188,6 +190,7 @@ FACTORS = ("lesion_fraction", "mean_intensity", "width", "has_marks", "has_colou
            "in_label_conflict_group")
 
 
+@timed("error rates by factor (bootstrap)")
 def error_rates_by_factor(d: pd.DataFrame, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
     """:func:`error_rate_by` for every factor of :data:`FACTORS` present in ``d`` (lesion size on
     lesion images only)."""
@@ -210,6 +213,7 @@ def operating_points_table(models: dict[str, ModelResults]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@timed("calibration (temperature scaling, bootstrap)")
 def calibration_tables(models: dict[str, ModelResults], n_resamples: int = 2000, seed: int = 0):
     """(summary table, reliability tables before, after temperature scaling) for every model."""
     rows, before, after = [], {}, {}

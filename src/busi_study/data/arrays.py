@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from ..timing import step, timed
 from .enhance import ENHANCEMENTS, enhance
 from .images import fit_square, mask_paths, merged_mask, read_rgb
 from .store import ProcessedData, atomic_path, sha256_of
@@ -39,6 +40,7 @@ def _fit_tag(fit: str) -> str:
     return "" if fit == "stretch" else f"_{fit}"
 
 
+@timed("image array {size}px ({preprocessing})")
 def load_image_array(store: ProcessedData, size: int, preprocessing: str = "none", progress: bool = True,
                      fit: str = "stretch") -> np.ndarray:
     """All manifest images as ``size``×``size`` inputs (``fit``: ``stretch`` or ``pad``, see
@@ -54,13 +56,16 @@ def load_image_array(store: ProcessedData, size: int, preprocessing: str = "none
             return arr
     root = store.raw_root()
     arr = np.zeros((len(manifest), size, size, 3), dtype=np.uint8)
-    for i, rel in enumerate(tqdm(list(manifest["path"]), desc=f"decoding images at {size}px", disable=not progress, mininterval=2)):
-        arr[i] = _prepare(read_rgb(Path(root) / rel), size, preprocessing, fit)
+    with step(f"decode images {size}px ({preprocessing})"):
+        for i, rel in enumerate(tqdm(list(manifest["path"]), desc=f"decoding images at {size}px", disable=not progress,
+                                     mininterval=2)):
+            arr[i] = _prepare(read_rgb(Path(root) / rel), size, preprocessing, fit)
     with atomic_path(path) as tmp:  # a full disk: one line naming the cache file
         np.save(tmp, arr)
     return arr
 
 
+@timed("mask array {size}px")
 def load_mask_array(store: ProcessedData, size: int, progress: bool = True, fit: str = "stretch") -> np.ndarray:
     """OR-merged lesion masks of all manifest images at ``size``, fitted as their images are: uint8 0/1
     (n, size, size), cached. Normal images (and any image without a usable mask) get an empty mask."""
@@ -75,11 +80,12 @@ def load_mask_array(store: ProcessedData, size: int, progress: bool = True, fit:
     root = Path(store.raw_root())
     arr = np.zeros((len(manifest), size, size), dtype=np.uint8)
     rows = list(manifest.itertuples(index=False))
-    for i, row in enumerate(tqdm(rows, desc=f"decoding masks at {size}px", disable=not progress, mininterval=2)):
-        paths = mask_paths(row._asdict(), root)
-        if paths:
-            h, w = read_rgb(root / row.path).shape[:2]
-            arr[i] = resize_mask(merged_mask(paths, (h, w)), size, fit)
+    with step(f"decode masks {size}px"):
+        for i, row in enumerate(tqdm(rows, desc=f"decoding masks at {size}px", disable=not progress, mininterval=2)):
+            paths = mask_paths(row._asdict(), root)
+            if paths:
+                h, w = read_rgb(root / row.path).shape[:2]
+                arr[i] = resize_mask(merged_mask(paths, (h, w)), size, fit)
     with atomic_path(path) as tmp:
         np.save(tmp, arr)
     return arr
@@ -93,6 +99,7 @@ def labels_and_groups(store: ProcessedData) -> pd.DataFrame:
     return out
 
 
+@timed("decode originals ({preprocessing})")
 def load_originals(store: ProcessedData, preprocessing: str = "none") -> list[np.ndarray]:
     """Every manifest image at its own resolution (enhanced as ``preprocessing`` says), in manifest order."""
     root = Path(store.raw_root())

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from ..timing import timed
 from .metrics import classification_metrics
 
 MetricFn = Callable[[np.ndarray, np.ndarray], dict[str, float]]
@@ -94,6 +95,7 @@ def _percentile_ci(values: np.ndarray, alpha: float) -> tuple[float, float, int]
     return float(lo), float(hi), int(ok.size)
 
 
+@timed("group bootstrap ({n_resamples} resamples)")
 def group_bootstrap(y_true: np.ndarray, proba: np.ndarray, groups: np.ndarray,
                     metric_fn: MetricFn = classification_metrics, n_resamples: int = 2000, seed: int = 0,
                     alpha: float = 0.05) -> pd.DataFrame:
@@ -130,6 +132,7 @@ def group_bootstrap(y_true: np.ndarray, proba: np.ndarray, groups: np.ndarray,
     return df
 
 
+@timed("paired bootstrap ({n_resamples} resamples)")
 def paired_bootstrap_difference(y_true: np.ndarray, proba_a: np.ndarray, proba_b: np.ndarray, groups: np.ndarray,
                                 metrics: Sequence[str] = ("accuracy", "macro_auc", "auc_malignant"),
                                 n_resamples: int = 2000, seed: int = 0, alpha: float = 0.05,

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..info import CLASS_INDEX, PROBA_COLUMNS
+from ..timing import timed
 from .bootstrap import group_bootstrap, resample_weights
 from .calibration import class_probabilities
 from .metrics import classification_metrics, collapse_flags, confusion_matrices, operating_points, per_fold_summary
@@ -100,6 +101,7 @@ class Evaluation:
         return float(self.pooled.set_index("metric").loc[metric, "value"])
 
 
+@timed("evaluate (metrics with bootstrap CIs)")
 def evaluate(test: pd.DataFrame, val: pd.DataFrame | None = None, *, tta: pd.DataFrame | None = None,
              conflict_ids: set[str] | None = None, n_resamples: int = 2000, seed: int = 0) -> Evaluation:
     """Every protocol number for one model's out-of-fold predictions ``test``.

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..info import CLASS_INDEX, CLASSES, PROBA_COLUMNS
+from ..timing import timed
 from .bootstrap import CHUNK, resample_weights
 from .calibration import class_mask, class_probabilities, ece_batch, fill_absent, fit_temperature_on, temperature_scale
 from .metrics import ECE_BINS, _safe_div, auc_batch, operating_points
@@ -130,6 +131,7 @@ def _per_image(thresholds: Mapping[str, float | np.ndarray], n: int) -> dict[str
     return out
 
 
+@timed("binary metrics, bootstrap ({n_resamples} resamples)")
 def binary_table(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, temperature: float | np.ndarray,
                  thresholds: Mapping[str, float | np.ndarray], positive: str = "malignant", n_resamples: int = 2000,
                  seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
@@ -199,6 +201,7 @@ def busi_cv_table(oof: pd.DataFrame, val: pd.DataFrame, positive: str = "maligna
     return binary_table(y, p, d["group_id"].astype(str).to_numpy(), temps, thr, positive, n_resamples, seed)
 
 
+@timed("paired AUC bootstrap ({n_resamples} resamples)")
 def paired_auc_difference(y: np.ndarray, scores: Mapping[str, np.ndarray], groups: np.ndarray, reference: str,
                           positive: str = "malignant", n_resamples: int = 2000, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
     """AUC of ``reference`` minus each other model's, on the same images and the same resamples.
@@ -228,6 +231,7 @@ def paired_auc_difference(y: np.ndarray, scores: Mapping[str, np.ndarray], group
     return pd.DataFrame(rows, columns=["model_a", "model_b", "auc_a", "auc_b", "diff", "ci_low", "ci_high", "p_two_sided", "n_valid"])
 
 
+@timed("subgroup AUC bootstrap ({n_resamples} resamples)")
 def subgroup_auc(y: np.ndarray, score: np.ndarray, groups: np.ndarray, subgroup: Sequence[str], positive: str = "malignant",
                  n_resamples: int = 2000, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
     """AUC with a bootstrap CI within each subgroup (e.g. BI-RADS group, image type).

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from ..timing import timed
 from .experiment import CVResult, Experiment, run_folds
 from .features import cache_key
 from .recipes import Recipe
@@ -105,6 +106,7 @@ class CropSource:
         return pd.concat(rows, ignore_index=True)
 
 
+@timed("cross-validation {recipe.name} on crops (margin {margin})")
 def crop_cv(recipe: Recipe, source: CropSource, splits: pd.DataFrame, margin: float, *, seed: int, tta: bool,
             progress: bool = True, cache: bool = False) -> CVResult:
     """Grouped CV of ``recipe`` on each fold's crops (one :class:`Experiment` per fold)."""

@@ -23,6 +23,7 @@ import pandas as pd
 from ..data.arrays import labels_and_groups, load_image_array
 from ..data.store import ProcessedData, sha256_of
 from ..info import PROBA_COLUMNS
+from ..timing import step, timed, timed_iter
 from . import builders
 from .features import cache_key, frozen_outputs, image_views
 from .recipes import Recipe
@@ -87,8 +88,11 @@ class Experiment:
                         r.n_views, self.seed, r.augment.key(), r.preprocessing, sha256_of(self.store.manifest), *extra)
         return self.store.cache_dir / "features" / f"{r.backbone or 'images'}-{what}-{key}.npy"
 
-    def prepare(self) -> Experiment:
-        """Build the frozen networks and compute (or load) the cached views."""
+    @timed("prepare {self.recipe.name}")
+    def prepare(self, views: bool = True) -> Experiment:
+        """Build the frozen networks and compute (or load) the cached views; ``views=False``: the
+        networks only, the same ones (what :meth:`full_model` turns fold models into classifiers
+        with), without decoding an image or computing a view."""
         import os
 
         import keras
@@ -99,10 +103,12 @@ class Experiment:
         # deterministic ops unless switched off to measure their cost (BUSI_DETERMINISTIC=0)
         self.determinism = enable() if os.environ.get("BUSI_DETERMINISTIC", "1") != "0" else {"op_determinism": False}
         t0 = time.perf_counter()
-        images = self.images if self.images is not None else load_image_array(self.store, r.input_size, r.preprocessing,
-                                                                             progress=self.progress)
+        images = None if not views else self.images if self.images is not None else load_image_array(
+            self.store, r.input_size, r.preprocessing, progress=self.progress)
         self.timing["decode_s"] = round(time.perf_counter() - t0, 1)
         if r.kind == "scratch":
+            if not views:
+                return self
             t0 = time.perf_counter()
             self.views = image_views(images, r.n_views, self.seed, r.augment)
             self.timing["views_s"] = round(time.perf_counter() - t0, 1)
@@ -113,6 +119,8 @@ class Experiment:
         inputs = keras.Input((r.input_size, r.input_size, 3), name="image")
         if r.kind == "frozen_head":
             extractor = keras.Model(inputs, self.backbone(self.preprocess(inputs)))
+            if not views:
+                return self
             self.views, info = frozen_outputs(extractor, images, r.n_views, self.seed, r.augment, self._cache_path("top"),
                                               progress=self.progress)
         else:
@@ -124,13 +132,17 @@ class Experiment:
             lower = keras.Model(self.backbone.input, boundary, name="lower")
             self.upper = keras.Model(boundary, self.backbone.output, name="upper")
             extractor = keras.Model(inputs, lower(self.preprocess(inputs)))
+            if not views:
+                self.upper_initial = [w.copy() for w in self.upper.get_weights()]
+                return self
             self.views, info = frozen_outputs(extractor, images, r.n_views, self.seed, r.augment, self._cache_path("lower"),
                                               progress=self.progress)
             self.upper_initial = [w.copy() for w in self.upper.get_weights()]
             # phase-1 features (frozen top) from the lower cache: cheap, computed once
             t0 = time.perf_counter()
-            self.top_views = np.stack([np.asarray(self.upper.predict(self.views[v], batch_size=64, verbose=0))
-                                       for v in range(r.n_views)])
+            with step(f"top blocks on the cached lower outputs ({r.n_views} views)"):
+                self.top_views = np.stack([np.asarray(self.upper.predict(self.views[v], batch_size=64, verbose=0))
+                                           for v in range(r.n_views)])
             self.timing["top_from_lower_s"] = round(time.perf_counter() - t0, 1)
         self.timing["frozen_outputs_s"] = info["seconds"]
         self.timing["frozen_outputs_cached"] = info["cached"]
@@ -187,6 +199,7 @@ class Experiment:
         return {role: np.array(sorted(pos[i] for i in part.loc[part["role"] == role, "image_id"]), dtype=int)
                 for role in ("train", "val", "test")}
 
+    @timed("cross-validation {self.recipe.name}")
     def cross_validate(self, splits: pd.DataFrame, *, tta: bool, seed: int | None = None, on_fold=None) -> CVResult:
         """Run every outer fold of ``splits`` (one seed) and collect out-of-fold predictions."""
         return run_folds(lambda fold: self, splits, seed, tta, on_fold)
@@ -219,7 +232,7 @@ def run_folds(experiment_of_fold, splits: pd.DataFrame, seed: int | None, tta: b
     or one per fold when the inputs depend on the fold, e.g. crops from that fold's segmenter)."""
     seed = int(splits["seed"].iloc[0]) if seed is None else seed
     oof, oof_tta, val_rows, hist, timing, models = [], [], [], [], [], []
-    for fold in sorted(splits["fold"].unique()):
+    for fold in timed_iter(sorted(splits["fold"].unique()), "fold {}"):
         ex = experiment_of_fold(int(fold))
         idx = ex.fold_indices(splits, fold)
         fm = ex.fit(idx["train"], idx["val"], seed + 1000 * int(fold))

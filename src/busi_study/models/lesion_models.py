@@ -34,6 +34,7 @@ import pandas as pd
 from ..data.arrays import labels_and_groups, load_mask_array
 from ..data.store import ProcessedData
 from ..info import CHOICES, PROBA_COLUMNS
+from ..timing import timed
 from .augment import views_batch
 from .experiment import Experiment, FoldModel, run_folds
 from .recipes import Recipe, features_recipe
@@ -121,6 +122,7 @@ def two_stream_head(dim_whole: int, dim_crop: int, dropout: float, n_classes: in
 
 
 # ---------------------------------------------------------------- experiment
+@timed("frozen top features {backbone} {size}px")
 def frozen_top(store: ProcessedData, backbone: str, kw: dict, weights: str | None, size: int, *, seed: int,
                images: np.ndarray | None = None) -> tuple[np.ndarray, object, object]:
     """The frozen backbone's last feature map of every image (or of ``images``): float32 (n, h, w, C),
@@ -244,6 +246,7 @@ class FinetunedAttentionExperiment(Experiment):
         return model
 
 
+@timed("mask views ({recipe.n_views})")
 def mask_views(store: ProcessedData, recipe: Recipe, seed: int, grid: int) -> np.ndarray:
     """Each cached view's lesion mask on the feature grid: float32 (n_views, n, grid·grid) in [0, 1].
     View v of a mask goes through view v's geometric transform of its image (same seed, index, view)."""
@@ -262,6 +265,7 @@ def masks_at(store: ProcessedData, size: int, grid: int) -> np.ndarray:
     return np.stack([cv2.resize(x, (grid, grid), interpolation=cv2.INTER_AREA).reshape(-1) for x in m])
 
 
+@timed("cross-validation {recipe.name}")
 def candidate_cv(recipe: CandidateRecipe, store: ProcessedData, splits: pd.DataFrame, *, seed: int, source=None,
                  margin: float | None = None, progress: bool = True, view_seed: int | None = None):
     """Grouped CV of one candidate (crops from ``source``, a :class:`busi_study.models.crops.CropSource`, for the two-stream ones).

@@ -38,6 +38,7 @@ from ..data.store import ProcessedData, atomic_path, sha256_of
 from ..evaluation.metrics import classification_metrics
 from ..info import PROBA_COLUMNS
 from ..params import AugmentParams, ModelParams, S4Params
+from ..timing import timed, timed_iter
 from .augment import AugmentConfig, views_batch
 from .features import cache_key
 from .recipes import augment_config, backbone_kwargs, train_config
@@ -154,6 +155,7 @@ def as_three_class(p_malignant: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- cached C4 / C5 views
+@timed("C4/C5 outputs ({n_views} views × {images.shape[0]} images)")
 def multiscale_outputs(extractor, images: np.ndarray, n_views: int, seed: int, augment: AugmentConfig,
                        cache_stem: Path | None = None, batch_size: int = 32, progress: bool = True
                        ) -> tuple[tuple[np.ndarray, np.ndarray], dict]:
@@ -211,6 +213,7 @@ class LightweightExperiment:
                         self.seed, r.augment.key(), sha256_of(self.store.manifest))
         return self.store.folder / "features" / f"{r.backbone}-c4c5-{key}"
 
+    @timed("prepare {self.recipe.name}")
     def prepare(self, augmented_size: int | None = None) -> LightweightExperiment:
         """Build the frozen backbone and compute (or load) the cached C4/C5 views of the lesion images.
 
@@ -280,11 +283,12 @@ class LightweightExperiment:
         return {role: np.array(sorted(pos[i] for i in part.loc[part["role"] == role, "image_id"]), dtype=int)
                 for role in ("train", "val", "test")}
 
+    @timed("cross-validation {self.recipe.name}")
     def cross_validate(self, splits: pd.DataFrame, seed: int | None = None) -> BinaryCV:
         """The study's grouped folds restricted to lesion images: out-of-fold p_malignant."""
         seed = int(splits["seed"].iloc[0]) if seed is None else seed
         oof, val, hist, timing, heads = [], [], [], [], []
-        for fold in sorted(splits["fold"].unique()):
+        for fold in timed_iter(sorted(splits["fold"].unique()), "fold {}"):
             idx = self.fold_indices(splits, fold)
             head, res = self.fit(idx["train"], idx["val"], seed + 1000 * int(fold))
             p = self.predict(head, idx["test"])
@@ -310,6 +314,7 @@ class LightweightExperiment:
         return model
 
     # ---------- S4's own protocol and the augment-after-split control ----------
+    @timed("S4 protocol: augment before a random split ({self.recipe.name})")
     def augment_before_split(self, target_size: int, seed: int) -> tuple[dict, pd.DataFrame]:
         """S4's protocol: items = cached views (0 = original) of every lesion image, dropped at
         random to ``target_size``; random stratified 70 / 15 / 15 *item* split; train on the
@@ -335,6 +340,7 @@ class LightweightExperiment:
                              "p_malignant": p})
         return out, pred
 
+    @timed("augment after a random split ({self.recipe.name})")
     def augment_after_split(self, seed: int) -> dict:
         """Random stratified 70 / 15 / 15 split of the *images*, then the training images'
         augmented views used in training; test on the original test images (view 0)."""

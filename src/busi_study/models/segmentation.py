@@ -27,6 +27,7 @@ import pandas as pd
 from ..data.arrays import labels_and_groups, load_image_array, load_mask_array
 from ..data.store import ProcessedData, atomic_path, sha256_of
 from ..evaluation.bootstrap import bootstrap_mean_ci, resample_weights
+from ..timing import timed, timed_iter
 from .features import cache_key
 from .registry import feature_tensors, get_spec
 from .training import BestWeights, TrainConfig
@@ -251,6 +252,7 @@ class SegmentationExperiment:
                         r.preprocessing, sha256_of(self.store.manifest))
         return self.store.cache_dir / "features" / f"{r.backbone}-unet-{key}"
 
+    @timed("prepare {self.recipe.name}")
     def prepare(self) -> SegmentationExperiment:
         import keras
 
@@ -276,6 +278,7 @@ class SegmentationExperiment:
         self.timing.update(encoder_outputs_s=round(time.perf_counter() - t0, 1), encoder_outputs_cached=cached)
         return self
 
+    @timed("encoder outputs {self.recipe.name} ({self.recipe.n_views} views)")
     def _encode(self) -> tuple[list[np.ndarray], bool]:
         import keras
         from tqdm import tqdm
@@ -345,6 +348,7 @@ class SegmentationExperiment:
         return {role: np.array(sorted(pos[i] for i in part.loc[part["role"] == role, "image_id"]), dtype=int)
                 for role in ("train", "val", "test")}
 
+    @timed("cross-validation {self.recipe.name}")
     def cross_validate(self, splits: pd.DataFrame, seed: int | None = None) -> SegCV:
         """One decoder per outer fold (inner validation for early stopping); every image's map from
         every fold's decoder is kept (the crop pipeline needs the training images' maps too)."""
@@ -355,7 +359,7 @@ class SegmentationExperiment:
         fold_maps = np.zeros((len(folds), n, h, h), np.float16)
         test_fold = np.full(n, -1)
         hist, timing, decs = [], [], []
-        for k, fold in enumerate(folds):
+        for k, fold in timed_iter(enumerate(folds), "fold {0[1]}"):
             idx = self.fold_indices(splits, fold)
             dec, history, best_epoch, seconds = self.fit(idx["train"], idx["val"], seed + 1000 * int(fold) + 7)
             maps = self.predict(dec)

@@ -9,6 +9,7 @@ import pandas as pd
 from ..data.store import atomic_path
 from ..data.store import write_text as _write_text
 from ..info import DEMO_BANNER
+from ..timing import timed
 
 
 def titled(title: str, demo: bool = False) -> str:
@@ -16,6 +17,7 @@ def titled(title: str, demo: bool = False) -> str:
     return f"{title}\n[{DEMO_BANNER}]" if demo else title
 
 
+@timed("figure {name}")
 def save_figure(fig, name: str, report_dir: Path | str, dpi: int = 300) -> list[Path]:
     """Save ``fig`` as ``figures/<name>.png`` (``dpi``) and ``figures/<name>.pdf``.
 
@@ -40,6 +42,7 @@ def round_table(df: pd.DataFrame, decimals: int = 3) -> pd.DataFrame:
     return out
 
 
+@timed("table {name}")
 def save_table(df: pd.DataFrame, name: str, report_dir: Path | str, decimals: int = 3) -> list[Path]:
     """Save ``df`` as ``tables/<name>.csv`` and ``tables/<name>.tex`` (one header row, rounded)."""
     out = Path(report_dir) / "tables"

@@ -94,6 +94,50 @@ def _notebooks_section(meta: dict) -> str:
     return _table(rows, ("notebook (HTML)", "status", "wall time (s)", "notebook"))
 
 
+def _timing_section(meta: dict, top: int = 15) -> str:
+    """Where the time goes: per-notebook totals and the slowest steps (``busi_study.timing``)."""
+    from .steps import notebook_totals, slowest_steps
+
+    steps = meta.get("steps") or []
+    if not steps:
+        return ("<p>No step timings in this run (run by a runner from before step timing, or no notebook ran); "
+                "the notebooks' wall times are above.</p>")
+    total = float(meta.get("wall_s") or 0.0)
+    rows = []
+    for _, r in notebook_totals(meta).iterrows():
+        src = f" (run {_e(r['from_run'])})" if isinstance(r["from_run"], str) and r["from_run"] else ""
+        rows.append((_e(r["notebook"]) + src, _s(r["wall_s"]), _s(r["in_cells_s"]), _s(r["other_s"]),
+                     f"{_e(r['slowest_cell'])} ({_s(r['slowest_cell_s'])} s)" if r["slowest_cell"] else "–"))
+    parts = [f"<p>Every notebook cell and the study's costly steps inside them (image decoding, frozen-feature caches, "
+             f"cross-validations and their folds, source-protocol repeats, final models, TFLite export and agreement, "
+             f"Grad-CAM maps, bootstraps, figures and tables) are timed; steps nest, a step's time includes the steps "
+             f"inside it (the list of the slowest leaves out a step that is almost all one step inside it and shows "
+             f'that one). All {len(steps)} steps: <a href="tables/timing_steps.csv">CSV</a> · '
+             f'<a href="tables/timing_steps.tex">LaTeX</a>. The console estimates the time left of the next run of '
+             f"this profile from them.</p>",
+             _table(rows, ("notebook", "wall time (s)", "in its cells (s)", "kernel, papermill, HTML (s)", "slowest cell")),
+             f"<h3>The {top} slowest steps</h3>"]
+    rows = []
+    for k, r in slowest_steps(steps, top).iterrows():
+        share = f"{100 * r['seconds'] / total:.0f} %" if total > 0 else "–"
+        inside = _e(r["parent"]) if isinstance(r["parent"], str) and r["parent"] else "–"
+        cores = (f"{r['cpu_s'] / r['seconds']:.1f}" if pd.notna(r.get("cpu_s")) and r["seconds"] > 0 else "–")
+        rows.append((k + 1, _e(r["notebook"]), _e(r["step"]), inside, _s(r["seconds"]), share, cores))
+    parts.append(_table(rows, ("", "notebook", "step", "inside", "seconds", "of the run", "cores busy")))
+    parts.append("<p><i>cores busy</i>: CPU seconds of the notebook's process over wall seconds (2.0: both cores of a "
+                 "2-core machine; about 1: one core, a step a second process could run beside another; lower: waiting "
+                 "for the disk, another process or another machine's job).</p>")
+    return "\n".join(parts)
+
+
+def _s(v) -> str:
+    """Seconds with one decimal; – when unknown."""
+    try:
+        return "–" if v is None or pd.isna(v) else f"{float(v):.1f}"
+    except (TypeError, ValueError):
+        return "–"
+
+
 def _models_section(run_dir: Path, meta: dict) -> str:
     csv = run_dir / "tables" / "comparison_models.csv"
     if not csv.exists():
@@ -320,6 +364,8 @@ group-bootstrap CIs).</p>
 {_data_section(data)}
 <h2 id="notebooks">Notebooks</h2>
 {_notebooks_section(meta)}
+<h2 id="timing">Where the time goes</h2>
+{_timing_section(meta)}
 <h2 id="models">Model comparison</h2>
 {_models_section(run_dir, meta)}
 <h2 id="errors">Calibration and localisation</h2>

@@ -11,18 +11,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from .. import plots
+from .. import plots, timing
 from ..data.consistency import open_run_data
 from ..data.store import ProcessedData
 from ..errors import ParameterError
 from ..info import DEMO_BANNER
 from ..params import StudyParams, all_keys
 from ..results import ResultsStore
-from ..studies.model_run import ModelRun, metrics_display
 from .export import save_figure, save_table, titled
+
+if TYPE_CHECKING:  # imported where a model run is shown: the data and EDA notebooks never load Keras
+    from ..studies.model_run import ModelRun
 
 
 def _display(*objs) -> None:
@@ -75,6 +78,7 @@ class StudyNotebook:
         injected cell, which follows the parameters cell, has overridden them by then), so that a
         notebook lists its parameters once. Shows the DEMO banner on demo data; ``need_data`` prints
         what data it reads."""
+        timing.time_cells()  # every later cell a timed step (run_all.py's kernels time them from the first cell)
         typed = StudyParams.from_flat(declared_parameters() if params is None else params, partial=True)
         demo = bool(demo or (typed.data is not None and typed.data.data_source == "demo"))
         report_dir = Path(report_dir)
@@ -125,6 +129,8 @@ class StudyNotebook:
     def show_model_run(self, run: ModelRun, bootstrap_resamples: int) -> None:
         """Learning curves, confusion matrix, ROC and the metrics table (with CIs) of one model run;
         a skipped model shows its reason instead."""
+        from ..studies.model_run import metrics_display
+
         if run.skipped:
             self.note(f"**SKIPPED {run.recipe.name}**: {run.skipped}")
             return

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import provenance
+from .. import provenance, timing
 from ..data.store import write_json, write_text
 from ..errors import (
     EXIT_FAILED,
@@ -467,6 +467,57 @@ def kernel_output_to(log: Path):
         console.close()
 
 
+@contextlib.contextmanager
+def kernel_steps_to(step_log: Path, notebook: str):
+    """The environment the kernel papermill starts inherits while one notebook runs: where its
+    steps go (``busi_study.timing``) and the startup file that times every cell."""
+    env = timing.kernel_environment(step_log, notebook)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _console_line(console, progress: bool):
+    """One line on the console stream (over the progress bar's line when there is one)."""
+
+    def say(line: str) -> None:
+        try:
+            console.write(("\r" + line.ljust(100) if progress else line) + "\n")
+            console.flush()
+        except (OSError, ValueError):
+            pass
+
+    return say
+
+
+def runner_step(notebook: str, name: str, seconds: float, start_s: float, cpu_s: float | None = None) -> dict:
+    """A step the runner itself timed (HTML export of a notebook, the model comparison)."""
+    return {"notebook": notebook, "step": name, "parent": None, "depth": 0, "cell": None, "start_s": round(start_s, 1),
+            "seconds": round(seconds, 2), "cpu_s": None if cpu_s is None else round(cpu_s, 2), "ok": True, "id": None,
+            "parent_id": None}
+
+
+def carried_steps(prev_meta: dict, carried: dict[str, dict]) -> list[dict]:
+    """The step records of the notebooks carried over, marked with the run they come from."""
+    return [{**s, "from_run": carried[s["notebook"]].get("from_run") or prev_meta.get("run_id")}
+            for s in prev_meta.get("steps", []) if s.get("notebook") in carried]
+
+
+def write_timing_table(run_dir: Path, steps: list[dict]) -> None:
+    """``tables/timing_steps.csv`` (+ LaTeX): every timed step of the run."""
+    from .export import save_table
+    from .steps import steps_table
+
+    save_table(steps_table(steps), "timing_steps", run_dir, decimals=2)
+
+
 def run_study(cfg: RunConfig) -> int:
     """Run the selected notebooks; return 0 on success, 1 when a notebook failed.
 
@@ -474,6 +525,7 @@ def run_study(cfg: RunConfig) -> int:
     """
     import papermill as pm
 
+    from . import steps as step_view
     from .index import write_index
 
     repo = cfg.repo.resolve()
@@ -575,9 +627,16 @@ def run_study(cfg: RunConfig) -> int:
             "determinism_environment": determinism_env,
         }
         status: dict[str, dict] = dict(carried)
+        # steps of the notebooks carried over come with them; this run's are collected after each notebook
+        run_steps: list[dict] = carried_steps(prev_meta, carried) if partial and previous is not None else []
         t_run = time.perf_counter()
         _say(f"Run {run_id}: {len(notebooks)} notebook(s), profile '{cfg.profile}'"
              f"{' on DEMO data' if cfg.demo else ''}; output in {run_dir}")
+        # the time left, from the last complete run of this very profile on the same data
+        estimate = step_view.Estimate.from_run(previous_complete_run(reports_dir, cfg.demo, cfg.profile,
+                                                                     cfg.params.get("data_source")))
+        stems = [nb.stem for nb in notebooks]
+        _say(f"Time: {estimate.text(None, stems)}" + (f" (from run {estimate.run_id})" if estimate.known else ""))
         failed = None
         failed_log = None
         interrupted = False
@@ -587,15 +646,24 @@ def run_study(cfg: RunConfig) -> int:
                 html = run_dir / "html" / f"{nb.stem}.html"
                 executed.parent.mkdir(parents=True, exist_ok=True)
                 params = notebook_parameters(nb, base_params)
-                _say(f"[{i}/{len(notebooks)}] {nb.stem} …")
+                last = estimate.notebook_s.get(nb.stem)
+                _say(f"[{i}/{len(notebooks)}] {nb.stem} …" + (f" (last run {step_view.duration(last)}; "
+                                                              f"{estimate.text(nb.stem, stems[i:])})" if last is not None else ""))
                 t0 = time.perf_counter()
+                started = time.time()
                 error = None
                 before = _file_ids(run_dir)
                 status[nb.stem] = {"name": nb.stem, "ok": False, "wall_s": None, "error": "running",
                                    "ipynb": f"notebooks/{nb.name}", "html": f"html/{nb.stem}.html", "from_run": None}
                 log = run_dir / "logs" / f"{nb.stem}.log"
+                step_log = run_dir / "logs" / f"{nb.stem}.steps.jsonl"
+                step_log.unlink(missing_ok=True)  # never append to a log hard-linked from the run this one builds on
+                titles = step_view.cell_titles(nb)
                 try:  # the kernel's own noise (Jupyter, TensorFlow) goes to the log, the progress bar to the console
-                    with kernel_output_to(log) as console:
+                    with kernel_output_to(log) as console, kernel_steps_to(step_log, nb.stem), \
+                            step_view.StepWatcher(step_log, nb.stem, titles, _console_line(console, cfg.progress),
+                                                  lambda cell, cell_s, nb_s, _nb=nb.stem, _after=stems[i:]:
+                                                  estimate.text(_nb, _after, nb_s, cell, cell_s), started=started):
                         pm.execute_notebook(str(nb), str(executed), parameters=params, kernel_name=kernel,
                                             cwd=str(nb.parent), progress_bar={"file": console} if cfg.progress else False,
                                             log_output=False, request_save_on_cell_execute=True)
@@ -610,11 +678,15 @@ def run_study(cfg: RunConfig) -> int:
                 except Exception as exc:  # kernel died, dependency missing, …
                     error = f"{type(exc).__name__}: {first_line(exc, 300)}"
                 wall = round(time.perf_counter() - t0, 1)
+                run_steps += step_view.notebook_steps(step_log, nb, started)
                 if executed.exists() and not interrupted:
+                    t_html, c_html = time.perf_counter(), time.process_time()
                     try:
                         render_html(executed, html, cfg.demo)
                     except Exception as exc:  # the executed notebook stays the primary record
                         _say(f"    (HTML export failed: {type(exc).__name__}: {exc})")
+                    run_steps.append(runner_step(nb.stem, step_view.HTML_STEP, time.perf_counter() - t_html, wall,
+                                                 time.process_time() - c_html))
                 status[nb.stem].update(ok=error is None, wall_s=wall, error=error, outputs=written_since(before, run_dir))
                 if error:
                     failed = (nb, error, executed)
@@ -638,8 +710,14 @@ def run_study(cfg: RunConfig) -> int:
             except ProvenanceError as exc:
                 failed = (notebooks[-1], f"ProvenanceError: {exc}", run_dir)
 
+        t_summary, c_summary = time.perf_counter(), time.process_time()
         meta["models"] = None if interrupted else _model_summary(run_dir, base_params, cfg.demo)
+        run_steps.append(runner_step("runner", "model comparison (summary, paired bootstrap)",
+                                     time.perf_counter() - t_summary, t_summary - t_run, time.process_time() - c_summary))
         meta["notebooks"] = [status[k] for k in sorted(status)]
+        meta["steps"] = run_steps
+        if run_steps and not interrupted:
+            write_timing_table(run_dir, run_steps)
         meta["wall_s"] = round(time.perf_counter() - t_run, 1)
         meta["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         meta["ok"] = failed is None

@@ -29,6 +29,7 @@ from ..models.experiment import Experiment
 from ..models.features import frozen_outputs
 from ..models.recipes import Recipe
 from ..models.training import TrainConfig, _compile, balanced_class_weight, predict, train
+from ..timing import timed
 
 
 def _compare(preprocess, backbone, new_head, images: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray,
@@ -150,6 +151,7 @@ def timing_only(recipe: Recipe, store, splits: pd.DataFrame, epochs: int, n_trai
     return out
 
 
+@timed("cached-vs-in-loop benchmark")
 def benchmark_frozen_heads(runs: list, store, seed: int, epochs: int, timing_images: int) -> pd.DataFrame | None:
     """Notebook 03's benchmark: cached vs in-loop on the last trained frozen-head run (same fold,
     same batches), and timing-only rows (random weights, ``timing_images`` images) for every run

@@ -23,6 +23,7 @@ from ..data.breast import ExternalData
 from ..evaluation.bootstrap import bootstrap_mean_ci, resample_weights
 from ..evaluation.external import busi_cv_table, paired_auc_difference, settings_from_validation, subgroup_auc, with_drop
 from ..results import RECORD, TABLES, ResultsStore
+from ..timing import timed
 from .folder_evaluation import FolderEvaluation, LabelledFolder, evaluate_model
 
 #: Metrics of the headline table, in order, with the label a reader sees.
@@ -87,6 +88,7 @@ def labelled_folder(data: ExternalData) -> LabelledFolder:
     return LabelledFolder(data.root, rows, pd.DataFrame(columns=["row", "image", "reason"]))
 
 
+@timed("external evaluation of the final models")
 def run_external(report_dir: Path, data: ExternalData, n_resamples: int = 2000, seed: int = 0,
                  progress: bool = True) -> ExternalResults:
     """Evaluate every final model of ``report_dir`` on ``data`` (benign vs malignant)."""
@@ -155,6 +157,7 @@ def normal_cases(res: ExternalResults) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
+@timed("AUC by subgroup (bootstrap)")
 def subgroups(res: ExternalResults, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
     """AUC (p_malignant) by BI-RADS group and by image type, per model, with bootstrap CIs over patients."""
     parts = []
@@ -169,6 +172,7 @@ def subgroups(res: ExternalResults, n_resamples: int = 2000, seed: int = 0) -> p
     return out[["model", "by", "subgroup", "n", "n_positive", "n_negative", "auc", "ci_low", "ci_high", "note"]] if len(out) else out
 
 
+@timed("paired AUC comparison (bootstrap)")
 def paired(res: ExternalResults, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
     """The BUSI-best model's external AUC minus each other model's, paired over the same patients."""
     if res.best is None or len(res.evaluations) < 2:
@@ -250,6 +254,7 @@ def missed_malignancies(ev: FolderEvaluation, threshold: str = "spec90") -> pd.D
     return missed.assign(threshold=t)
 
 
+@timed("Grad-CAM pointing game {fm.name}")
 def pointing_game(fm: FinalModel, data: ExternalData, layer: str | None, method: str = "gradcam", tolerance: float = 0.05,
                   batch_size: int = 16) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Grad-CAM (predicted class) of the final model on every lesion image with a tumour mask.

@@ -35,6 +35,7 @@ from ..errors import StudyError, first_line
 from ..evaluation.calibration import class_mask, class_probabilities, fill_absent, reliability_table, temperature_scale
 from ..evaluation.external import PROBA, TransferSettings, binary_arrays, binary_table, settings_from_validation
 from ..info import CLASSES
+from ..timing import timed
 
 
 @dataclass
@@ -177,6 +178,7 @@ def _no_usable_row(table: pd.DataFrame, bad: list[dict], root: Path, image_colum
                      f"--label-column (now '{label_column}') and the rows listed")
 
 
+@timed("evaluate {name} on the folder")
 def evaluate_model(model, name: str, folder: LabelledFolder, settings: TransferSettings | None = None,
                    positive: str = "malignant", negatives: tuple[str, ...] | None = None, n_resamples: int = 2000,
                    seed: int = 0, batch_size: int = 16) -> FolderEvaluation:

@@ -26,6 +26,7 @@ from ..explain.gradcam import gradcam, upsample
 from ..explain.localisation import baseline_table, choose_iou_threshold, localisation_table
 from ..info import CLASS_INDEX
 from ..results import ModelResults
+from ..timing import timed
 
 MEASURES = ("pointing_hit", "energy_inside", "iou")
 
@@ -102,6 +103,7 @@ def lesion_masks(store: ProcessedData, image_ids: list[str]) -> list[np.ndarray]
     return out
 
 
+@timed("Grad-CAM {trained.name}")
 def explain_model(trained: ModelResults, store: ProcessedData, splits: pd.DataFrame, method: str = "gradcam",
                   tolerance: float = 0.05, max_per_fold: int | None = None, progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """Per-image localisation of one model's fold models (benign and malignant test images).
@@ -167,6 +169,7 @@ def explain_model(trained: ModelResults, store: ProcessedData, splits: pd.DataFr
     return pd.DataFrame(rows), {"thresholds": thresholds, "maps": examples}
 
 
+@timed("Grad-CAM overlays {trained.name}")
 def explain_images(trained: ModelResults, store: ProcessedData, splits: pd.DataFrame, image_ids: list[str],
                    method: str = "gradcam") -> dict[str, np.ndarray]:
     """Predicted-class maps (original image size) of any images, normal ones included, each from
@@ -201,6 +204,7 @@ def _gaussians(masks):
     return [centred_gaussian(m.shape) for m in masks]
 
 
+@timed("localisation bootstrap {model}")
 def summarise(loc: pd.DataFrame, model: str, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Mean of each measure (map and baseline) on all lesions and on correctly classified
     lesions, with 95 % group-bootstrap CIs. One row per (subset, measure)."""
@@ -218,6 +222,7 @@ def summarise(loc: pd.DataFrame, model: str, n_resamples: int = 2000, seed: int 
     return pd.DataFrame(rows)
 
 
+@timed("Grad-CAM sanity check {model.name}")
 def sanity_check_table(model: ModelResults, store: ProcessedData, splits: pd.DataFrame, n_layers: int, n_images: int,
                        seed: int, method: str = "gradcam") -> pd.DataFrame:
     """The randomisation sanity check (Adebayo et al. 2018) on fold 0's model: Spearman rank

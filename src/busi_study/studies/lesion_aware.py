@@ -38,6 +38,7 @@ from ..models.registry import weights_available
 from ..models.training import TrainConfig
 from ..params import BootstrapParams, ModelParams, S0Params, S1Params
 from ..results import ResultsStore
+from ..timing import timed, timed_iter
 from .model_run import ModelRun, final_epochs, model_card, write_results
 from .s1_pipeline import CropRun
 
@@ -68,8 +69,10 @@ class CandidateSearch:
     chosen: CandidateRecipe | None
     run: ModelRun | None = None
     skipped: str | None = None
+    seed: int | None = None              # the training (and split) seed of the search's CVs
 
 
+@timed("lesion-aware candidates")
 def run_candidates(s1: S1Params, s0: S0Params, models: ModelParams, augment, crop: CropRun | None, store: ProcessedData,
                    results: ResultsStore, *, seed: int, bootstrap: BootstrapParams, progress: bool = True) -> CandidateSearch:
     """Grouped CV of every candidate; the one with the lowest pooled inner-validation log loss is
@@ -122,9 +125,10 @@ def run_candidates(s1: S1Params, s0: S0Params, models: ModelParams, augment, cro
     write_results(run, store, results, seed=seed, models=models, bootstrap=bootstrap,
                   extra={"candidate_search": table.to_dict(orient="records"),
                          "choice": "lowest pooled inner-validation log loss (outer test folds unused)"})
-    return CandidateSearch(table, chosen, run)
+    return CandidateSearch(table, chosen, run, seed=seed)
 
 
+@timed("fold models + final model {recipe.name}")
 def _save_attention_models(recipe: CandidateRecipe, cv: CVResult, ev: Evaluation, results: ResultsStore,
                            store: ProcessedData, *, seed: int, bootstrap: BootstrapParams, export: bool, run: ModelRun) -> None:
     """Fold models (image → probabilities, for the explanations) and the final model trained on all images."""
@@ -151,6 +155,7 @@ def _save_attention_models(recipe: CandidateRecipe, cv: CVResult, ev: Evaluation
     run.timing["final_model_s"] = round(time.perf_counter() - t0, 1)
 
 
+@timed("late fusion with S0")
 def late_fusion_with_s0(results: ResultsStore, model: str, *, bootstrap: BootstrapParams
                         ) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """Candidate (e) without training: the S0 recipe's and ``model``'s saved predictions averaged,
@@ -171,6 +176,7 @@ def late_fusion_with_s0(results: ResultsStore, model: str, *, bootstrap: Bootstr
     return fu.validation.rename(columns={"w_base": "w_s0"}), paired, text
 
 
+@timed("fold models + final model {recipe.name}")
 def _save_finetuned_attention_models(recipe: CandidateRecipe, cv: CVResult, ev: Evaluation, results: ResultsStore,
                                      store: ProcessedData, *, seed: int, bootstrap: BootstrapParams, export: bool,
                                      run: ModelRun) -> None:
@@ -194,6 +200,7 @@ def _save_finetuned_attention_models(recipe: CandidateRecipe, cv: CVResult, ev: 
     run.timing["final_model_s"] = round(time.perf_counter() - t0, 1)
 
 
+@timed("seed comparison")
 def seed_comparison(search: CandidateSearch, s1: S1Params, s0: S0Params, models: ModelParams, augment, crop: CropRun | None,
                     store: ProcessedData, *, split_seed: int, bootstrap: BootstrapParams, progress: bool = True
                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -206,13 +213,15 @@ def seed_comparison(search: CandidateSearch, s1: S1Params, s0: S0Params, models:
     splits = store.splits_of(split_seed)
     s0_ex = Experiment(s0_recipe(s0, models, augment), store, seed=split_seed, progress=False).prepare()
     rows = []
-    for s in s1.seeds:
+    for s in timed_iter(s1.seeds, "seed {}"):
         t0 = time.perf_counter()
-        a = candidate_cv(search.chosen, store, splits, seed=s, source=crop.source if crop else None,
-                         margin=crop.margin if crop else None, progress=False, view_seed=split_seed).oof
+        reuse = s == split_seed == search.seed and search.run is not None  # the very CV the search ran: same call, same numbers
+        a = search.run.cv.oof if reuse else candidate_cv(search.chosen, store, splits, seed=s, view_seed=split_seed, progress=False,
+                                                         source=crop.source if crop else None, margin=crop.margin if crop else None).oof
         t1 = time.perf_counter()
         b = s0_ex.cross_validate(splits, seed=s, tta=False).oof
-        seconds = {"lesion_aware_s": round(t1 - t0, 1), "s0_s": round(time.perf_counter() - t1, 1)}
+        seconds = {"lesion_aware_s": float(search.run.timing["cv_s"]) if reuse else round(t1 - t0, 1),
+                   "s0_s": round(time.perf_counter() - t1, 1)}
         y, pa, g = arrays(a)
         _, pb, _ = arrays(b)
         d = paired_bootstrap_difference(y, pa, pb, g, metrics=("accuracy", "macro_auc", "benign_vs_malignant_auc"),
@@ -235,6 +244,7 @@ def seed_comparison(search: CandidateSearch, s1: S1Params, s0: S0Params, models:
     return per_seed, summary
 
 
+@timed("final model {recipe.name}")
 def _export_two_stream(recipe: CandidateRecipe, cv: CVResult, ev: Evaluation, crop: CropRun, results: ResultsStore,
                        store: ProcessedData, *, seed: int, bootstrap: BootstrapParams, run: ModelRun) -> None:
     """Final two-stream model: its head trained on all images (whole image + the crops of the crop

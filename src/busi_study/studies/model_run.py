@@ -28,6 +28,7 @@ from ..models.recipes import Recipe
 from ..models.registry import WeightsUnavailable, weights_available
 from ..params import BootstrapParams, ModelParams, SourceProtocolParams
 from ..results import ResultsStore
+from ..timing import timed, timed_iter
 
 
 @dataclass
@@ -58,6 +59,7 @@ def check_weights(recipe: Recipe) -> tuple[bool, str]:
     return weights_available(recipe.backbone, recipe.weights, recipe.input_size, **recipe.backbone_kwargs)
 
 
+@timed("model run {recipe.name}")
 def run_model(recipe: Recipe, store: ProcessedData, results: ResultsStore, *, seed: int, models: ModelParams,
               bootstrap: BootstrapParams, progress: bool = True) -> ModelRun:
     """Cross-validate, evaluate and export one recipe; see the module docstring.
@@ -86,7 +88,7 @@ def run_model(recipe: Recipe, store: ProcessedData, results: ResultsStore, *, se
     run = ModelRun(recipe, out, experiment=ex, cv=cv, evaluation=ev)
     run.timing = {"prepare_s": round(t_prep, 1), "cv_s": round(t_cv, 1), **ex.timing,
                   "per_fold_s": cv.timing["seconds"].tolist()}
-    for k, fm in enumerate(cv.fold_models):
+    for k, fm in timed_iter(enumerate(cv.fold_models), "save fold model {0[0]}"):
         with atomic_path(results.fold_model_path(recipe.name, k)) as tmp:  # never in place (--only hard-links it)
             ex.full_model(fm).save(tmp)
     if models.export_models:
@@ -143,6 +145,7 @@ def model_card(recipe: Recipe, ev: Evaluation, store: ProcessedData, epochs: lis
     }
 
 
+@timed("final model {ex.recipe.name}")
 def export_final(ex: Experiment, cv: CVResult, ev: Evaluation, results: ResultsStore, store: ProcessedData, *, seed: int,
                  bootstrap: BootstrapParams) -> Path:
     """Train on every image with the folds' median epochs; save ``models/<name>.keras`` + card."""
@@ -158,6 +161,7 @@ def export_final(ex: Experiment, cv: CVResult, ev: Evaluation, results: ResultsS
     return path
 
 
+@timed("write results {run.recipe.name}")
 def write_results(run: ModelRun, store: ProcessedData, results: ResultsStore, *, seed: int, models: ModelParams,
                   bootstrap: BootstrapParams, extra: dict | None = None,
                   extra_tables: dict[str, pd.DataFrame] | None = None) -> None:
@@ -194,13 +198,14 @@ def write_results(run: ModelRun, store: ProcessedData, results: ResultsStore, *,
     results.write_trained(run.recipe.name, tables, record)
 
 
+@timed("source protocol {ex.recipe.name}")
 def source_protocol(ex: Experiment, source: SourceProtocolParams, seed: int) -> pd.DataFrame:
     """The source studies' protocol: a random *image-level* stratified split (e.g. 85/15 with 10 %
     of training for validation), repeated with seeds seed, seed+1, … One row per repeat."""
     test_fraction, val_fraction, repeats = source.test_fraction, source.val_fraction, source.protocol_repeats
     idx = np.arange(len(ex.y))
     rows = []
-    for r in range(repeats):
+    for r in timed_iter(range(repeats), "repeat {}"):
         s = seed + r
         train_val, test = train_test_split(idx, test_size=test_fraction, random_state=s, stratify=ex.y)
         train, val = train_test_split(train_val, test_size=val_fraction, random_state=s, stratify=ex.y[train_val])

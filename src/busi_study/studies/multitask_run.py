@@ -35,6 +35,7 @@ from ..models.registry import weights_available
 from ..models.segmentation import per_image_table, shortcut_table, summary_table, upsample
 from ..params import AugmentParams, BootstrapParams, ModelParams, MultitaskParams, S0Params
 from ..results import ResultsStore
+from ..timing import step, timed
 from .model_run import ModelRun, data_hashes, final_epochs, model_card, write_results
 from .s1_pipeline import MaskSource
 
@@ -78,6 +79,7 @@ class MultitaskRun:
         return self.run.recipe.name
 
 
+@timed("multi-task model")
 def run_multitask(mt: MultitaskParams, s0: S0Params, models: ModelParams, augment: AugmentParams, store: ProcessedData,
                   results: ResultsStore, *, seed: int, bootstrap: BootstrapParams, frozen_per_image: pd.DataFrame | None = None,
                   progress: bool = True) -> MultitaskRun:
@@ -89,11 +91,13 @@ def run_multitask(mt: MultitaskParams, s0: S0Params, models: ModelParams, augmen
         results.write_skipped(recipe.name, {"reason": why, "recipe": recipe.as_dict()})
         return MultitaskRun(ModelRun(recipe, results.model_dir(recipe.name), skipped=why), skipped=why)
     t0 = time.perf_counter()
-    ex = MultitaskExperiment(recipe, store, seed=seed, progress=progress).prepare()
+    with step("prepare: lower-block views and their masks"):
+        ex = MultitaskExperiment(recipe, store, seed=seed, progress=progress).prepare()
     t_prep = time.perf_counter() - t0
     splits = store.splits_of(seed)
     t0 = time.perf_counter()
-    cv = run_folds(lambda fold: ex, splits, seed, models.tta)
+    with step(f"cross-validation ({splits['fold'].nunique()} folds)"):
+        cv = run_folds(lambda fold: ex, splits, seed, models.tta)
     t_cv = time.perf_counter() - t0
     groups = store.read("groups")
     conflicts = set(groups.loc[groups["label_conflict"], "image_id"])
@@ -140,6 +144,7 @@ def run_multitask(mt: MultitaskParams, s0: S0Params, models: ModelParams, augmen
     return mrun
 
 
+@timed("outline threshold and smallest region on validation")
 def choose_outline(ex: MultitaskExperiment, fold_models: list, splits: pd.DataFrame, thresholds: list[float],
                    min_areas: list[float]) -> pd.DataFrame:
     """The outline's threshold and smallest region, chosen on the inner validation images of every fold
@@ -179,6 +184,7 @@ def _outline(recipe: MultitaskRecipe) -> dict:
             "resolution": f"decoder at {recipe.output_size}px, upsampled to the input"}
 
 
+@timed("final model + fold ensemble")
 def _export(ex: MultitaskExperiment, cv: CVResult, ev: Evaluation, mt: MultitaskParams, results: ResultsStore,
             store: ProcessedData, *, seed: int, bootstrap: BootstrapParams) -> tuple[dict, np.ndarray, list[int]]:
     """The final model (all images, the folds' median epochs) and the fold ensemble, each with a card;
@@ -324,6 +330,7 @@ def paired_with_s0(results: ResultsStore, name: str, bootstrap: BootstrapParams)
 
 
 # ---------------------------------------------------------------- against S0 over training seeds
+@timed("multi-task seed comparison")
 def seed_comparison(mt: MultitaskParams, s0: S0Params, models: ModelParams, augment: AugmentParams, store: ProcessedData, *,
                     split_seed: int, bootstrap: BootstrapParams, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The multi-task model and the S0 recipe, each retrained with every seed of ``mt_seeds`` on the same

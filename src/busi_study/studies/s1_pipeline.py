@@ -46,6 +46,7 @@ from ..models.segmentation import (
 from ..models.training import TrainConfig
 from ..params import BootstrapParams, ModelParams, S0Params, S1Params
 from ..results import ResultsStore
+from ..timing import timed, timed_iter
 from .model_run import ModelRun, check_weights, data_hashes, final_epochs, model_card, write_results
 
 
@@ -87,6 +88,7 @@ def margin_proxy(s1: S1Params, s0: S0Params, models: ModelParams, augment, backb
 
 
 # ---------------------------------------------------------------- enhancement ablation
+@timed("enhancement ablation")
 def enhancement_ablation(options: list[str], s0: S0Params, models: ModelParams, augment, store: ProcessedData,
                          splits: pd.DataFrame, *, seed: int, bootstrap: BootstrapParams, progress: bool = True
                          ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -142,6 +144,7 @@ class SegRun:
     timing: dict = field(default_factory=dict)
 
 
+@timed("segmenter {recipe.name}")
 def run_segmenter(recipe: SegmenterRecipe, store: ProcessedData, results: ResultsStore, *, seed: int,
                   bootstrap: BootstrapParams, progress: bool = True) -> SegRun:
     """Grouped CV of the segmenter; out-of-fold maps measured at the input size against the masks."""
@@ -226,6 +229,7 @@ class CropRun:
     final_boxes: np.ndarray | None = None   # boxes from the final segmenter (all images), for other pipelines' final models
 
 
+@timed("S1 crop classifiers")
 def run_crop_classifier(s1: S1Params, s0: S0Params, models: ModelParams, augment, seg: MaskSource, store: ProcessedData,
                         results: ResultsStore, *, seed: int, bootstrap: BootstrapParams, progress: bool = True) -> list[CropRun]:
     """One S1-pipeline classifier per backbone of ``s1_classifier_backbones`` (skipped visibly
@@ -256,7 +260,7 @@ def run_crop_classifier(s1: S1Params, s0: S0Params, models: ModelParams, augment
         ev = evaluate(cv.oof, cv.val, tta=cv.oof_tta, conflict_ids=conflicts, n_resamples=bootstrap.resamples,
                       seed=bootstrap.seed)
         # the networks that turn a fold model into an exportable classifier (the weights come from the fold model)
-        ex0 = Experiment(recipe, store, seed=seed, progress=False).prepare()
+        ex0 = Experiment(recipe, store, seed=seed, progress=False).prepare(views=False)  # networks only: no views
         run = ModelRun(recipe, results.model_dir(recipe.name), experiment=ex0, cv=cv, evaluation=ev)
         run.timing = {"prepare_s": round(t_margin, 1), "margin_choice_s": round(t_margin, 1), "cv_s": round(t_cv, 1),
                       "segmenter_cv_s": seg.cv_seconds,
@@ -279,6 +283,7 @@ def run_crop_classifier(s1: S1Params, s0: S0Params, models: ModelParams, augment
     return out
 
 
+@timed("final pipeline {recipe.name}")
 def export_pipeline(seg: MaskSource, cv: CVResult, ev: Evaluation, recipe: Recipe, source: CropSource, margin: float,
                     results: ResultsStore, store: ProcessedData, *, seed: int, bootstrap: BootstrapParams,
                     pipeline: dict) -> tuple[object, np.ndarray]:
@@ -329,12 +334,13 @@ def claims_table(s1_claims: dict, crop_runs: list[CropRun], protocol: pd.DataFra
 
 
 # ---------------------------------------------------------------- margin choice and S1's own protocol
+@timed("margin choice ({proxy.name})")
 def choose_margin(proxy: Recipe, source: CropSource, splits: pd.DataFrame, margins: list[float], *, seed: int,
                   progress: bool = True) -> tuple[float, pd.DataFrame]:
     """The margin with the lowest pooled inner-validation log loss of ``proxy`` (a frozen-feature
     head on one view); the table lists every candidate's validation scores (test folds unused)."""
     rows = []
-    for m in margins:
+    for m in timed_iter(margins, "margin {}"):
         t0 = time.perf_counter()
         cv = crop_cv(replace(proxy, n_views=1), source, splits, m, seed=seed, tta=False, progress=False)
         loss, acc = validation_scores(cv.val)
@@ -348,6 +354,7 @@ def choose_margin(proxy: Recipe, source: CropSource, splits: pd.DataFrame, margi
     return best, table
 
 
+@timed("S1 protocol")
 def s1_protocol(seg: SegmentationExperiment, recipe: Recipe, originals: list[np.ndarray], margin: float, *,
                 test_fraction: float, val_fraction: float, repeats: int, epochs: list[int], seed: int) -> pd.DataFrame:
     """S1's own protocol: a random *image-level* split (repeated), segmenter and classifier trained
@@ -357,7 +364,7 @@ def s1_protocol(seg: SegmentationExperiment, recipe: Recipe, originals: list[np.
     g = seg.table["group_id"].to_numpy()
     idx = np.arange(len(y))
     rows = []
-    for r in range(repeats):
+    for r in timed_iter(range(repeats), "repeat {}"):
         s = seed + r
         t0 = time.perf_counter()
         train_val, test = train_test_split(idx, test_size=test_fraction, random_state=s, stratify=y)

@@ -36,6 +36,7 @@ from ..models import tflite
 from ..models.lightweight import BinaryCV, LightweightExperiment, LightweightRecipe
 from ..params import BootstrapParams, TFLiteParams
 from ..results import ResultsStore
+from ..timing import timed, timed_iter
 
 
 @dataclass
@@ -68,6 +69,7 @@ def variant(ex: LightweightExperiment, recipe: LightweightRecipe) -> Lightweight
     return out
 
 
+@timed("variant {ex.recipe.name}")
 def run_variant(ex: LightweightExperiment, splits: pd.DataFrame, bootstrap: BootstrapParams, report_dir: Path) -> VariantRun:
     """Grouped CV of ``ex.recipe`` on ``splits`` (one seed), evaluated and written (see module docstring)."""
     cv = ex.cross_validate(splits)
@@ -91,6 +93,7 @@ def run_variant(ex: LightweightExperiment, splits: pd.DataFrame, bootstrap: Boot
     return run
 
 
+@timed("paired comparison with the three-class models ({run.recipe.name})")
 def compare_with_three_class(run: VariantRun, results: ResultsStore, bootstrap: BootstrapParams) -> pd.DataFrame:
     """Paired group bootstrap: this binary model minus each three-class model of the run, lesion images only."""
     rows = []
@@ -101,6 +104,7 @@ def compare_with_three_class(run: VariantRun, results: ResultsStore, bootstrap: 
     return pd.concat(rows, ignore_index=True)[cols] if rows else pd.DataFrame(columns=cols)
 
 
+@timed("S4 protocol table ({ex.recipe.name})")
 def protocol_table(ex: LightweightExperiment, grouped: VariantRun, augmented_size: int, seed: int
                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """S4's claim beside S4's protocol, augment-after-split and grouped CV (same recipe).
@@ -157,6 +161,7 @@ def representative_images(images: np.ndarray, idx: np.ndarray, n: int, seed: int
     return images[take]
 
 
+@timed("final model + TFLite {ex.recipe.name}")
 def export_final_s4(ex: LightweightExperiment, run: VariantRun, results: ResultsStore, seed: int, tfl: TFLiteParams) -> dict:
     """Train on every lesion image, save ``models/<name>.keras`` + card, and its TFLite files + cards."""
     r = ex.recipe
@@ -176,6 +181,7 @@ def export_final_s4(ex: LightweightExperiment, run: VariantRun, results: Results
     return {"keras": keras_path, **paths}
 
 
+@timed("TFLite files and cards {keras_path.name}")
 def export_final_keras(keras_path: Path, images: np.ndarray, seed: int, tfl: TFLiteParams) -> dict:
     """TFLite files (four precisions) + cards beside an exported three-class ``.keras`` model;
     ``images`` are its training images (all images of the dataset) for full-int8 calibration."""
@@ -198,6 +204,7 @@ def export_final_keras(keras_path: Path, images: np.ndarray, seed: int, tfl: TFL
     return {"keras": keras_path, **paths}
 
 
+@timed("TFLite agreement with Keras")
 def fold_agreement(fold_models: list, fold_sets: list[dict], images: np.ndarray, labels: np.ndarray, binary: bool,
                    seed: int, tfl: TFLiteParams) -> pd.DataFrame:
     """Each fold's Keras model vs its TFLite conversions on that fold's test images, pooled over folds.
@@ -214,14 +221,13 @@ def fold_agreement(fold_models: list, fold_sets: list[dict], images: np.ndarray,
         fold_models, fold_sets = fold_models[: int(k_max)], fold_sets[: int(k_max)]
     pk, pt = [], {m: [] for m in tflite.MODES}
     ys = []
-    for k, (model, sets) in enumerate(zip(fold_models, fold_sets)):
+    for k, (model, sets) in timed_iter(enumerate(zip(fold_models, fold_sets)), "fold {0[0]}"):
         test = sets["test"]
         x = images[test].astype(np.float32)
         pk.append(np.asarray(model.predict(x, batch_size=32, verbose=0), dtype=np.float64))
         ys.append(labels[test])
         rep = representative_images(images, sets["train"], n_rep, seed + k)
-        for mode in tflite.MODES:
-            content = tflite.convert(model, mode, rep if mode == "full_int8" else None)
+        for mode, content in tflite.convert_all(model, tflite.MODES, rep).items():
             pt[mode].append(tflite.TFLiteModel(content, threads=2).predict(x))
     y, keras_p = np.concatenate(ys), np.concatenate(pk)
     rows = []
@@ -263,6 +269,7 @@ def best_three_class(results: ResultsStore, metric: str = "benign_vs_malignant_a
     return best
 
 
+@timed("load fold models {name}")
 def load_fold_models(results: ResultsStore, name: str) -> list:
     import keras
 
@@ -278,6 +285,7 @@ def three_class_images(store: ProcessedData, results: ResultsStore, name: str) -
     return load_image_array(store, int(card["input"]["size"][0]), progress=False, fit=card["input"].get("fit", "stretch"))
 
 
+@timed("TFLite latency")
 def latency_table(paths: dict, image_files: list[Path], tfl: TFLiteParams) -> pd.DataFrame:
     """Per-image latency (preprocessing included) of each TFLite file, with 1 and 2 threads."""
     rows = []
