@@ -28,16 +28,19 @@ def main(argv: list[str] | None = None) -> int:
     from busi_study import provenance
     from busi_study.data.consistency import open_run_data
     from busi_study.errors import StudyError
-    from busi_study.params import StudyParams
+    from busi_study.params import StudyParams, apply_overrides, load_profile, parse_override
     from busi_study.studies.multitask_run import seed_comparison
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--report", type=Path, default=REPO / "reports" / "latest")
     p.add_argument("--profile", default="ablation")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a profile parameter, e.g. --set mt_seeds=[42] (checked like run_all.py's --set)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     try:
-        params = StudyParams.from_profile(args.profile, REPO / "params")
+        flat = load_profile(args.profile, REPO / "params")
+        params = StudyParams.from_flat(apply_overrides(flat, dict(parse_override(o) for o in args.overrides)))
         store = open_run_data(args.report)
         if not params.mt.seeds:
             raise StudyError(f"profile {args.profile} has no mt_seeds — use the ablation profile or --set mt_seeds")
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     per_seed.round(4).to_csv(args.out / "mt_seed_comparison.csv", index=False)
     summary.round(4).to_csv(args.out / "mt_seed_comparison_summary.csv", index=False)
-    meta = {"profile": args.profile, "seeds": params.mt.seeds, "split_seed": params.seed, "report": str(args.report),
+    meta = {"profile": args.profile, "overrides": args.overrides, "seeds": params.mt.seeds, "split_seed": params.seed, "report": str(args.report),
             "git": provenance.git_info(provenance.REPO), "hardware": provenance.hardware(),
             "wall_s": round(time.perf_counter() - t0, 1)}
     (args.out / "mt_seed_comparison.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")

@@ -212,3 +212,20 @@ def test_seed_comparison_pairs_the_multitask_model_with_s0_per_seed(demo_store):
     assert (per_seed["ci_low"] <= per_seed["diff"]).all() and (per_seed["diff"] <= per_seed["ci_high"]).all()
     assert np.allclose(per_seed["diff"], per_seed["multitask"] - per_seed["s0"])
     assert set(summary["n_seeds"]) == {1} and {"seeds_better_ci_excludes_0"} <= set(summary.columns)
+
+
+def test_seed_comparison_script_takes_set_and_refuses_bad_input_in_one_line(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("seed_comparison_script", REPO / "scripts" / "seed_comparison.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "out"
+    assert script.main(["--profile", "reference", "--set", "no_such_key=1", "--out", str(out)]) == 2
+    assert "unknown parameter 'no_such_key'" in capsys.readouterr().err
+    assert script.main(["--profile", "reference", "--set", "mt_seeds=[42]", "--report", str(tmp_path / "none"),
+                        "--out", str(out)]) == 2  # the override is taken; the missing run is what fails
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no_such_key" not in err and "mt_seeds" not in err
+    assert script.main(["--profile", "reference", "--report", str(tmp_path), "--out", str(out)]) == 2
+    assert not out.exists()
