@@ -97,3 +97,41 @@ def test_reference_readme_says_when_the_numbers_come_from_the_ablation_profile(t
     (run / "run.json").write_text(json.dumps({**meta, "profile": "ablation"}))
     export_reference(run, tmp_path / "ref")
     assert "reference profile plus notebook 05's enhancement ablation and seed repeats" in (tmp_path / "ref" / "README.md").read_text()
+
+
+def test_cpu_features_read_from_cpuinfo(tmp_path):
+    from busi_study import provenance
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: X\nflags\t\t: fpu sse4_2 avx avx2 fma avx512f\n")
+    assert provenance.cpu_features(info) == ["sse4_2", "avx", "avx2", "fma", "avx512f"]
+    assert provenance.cpu_features(tmp_path / "missing") is None
+    assert "cpu_features" in provenance.hardware()
+
+
+def test_check_reference_names_a_cpu_with_other_vector_instructions(tmp_path, monkeypatch, capsys):
+    from busi_study import cli
+    from busi_study.report.reference_results import cpu_note
+
+    avx2, avx512 = ["avx", "avx2"], ["avx", "avx2", "avx512f"]
+    assert cpu_note({"cpu_features": avx2}, {"cpu_features": avx2}) is None
+    assert "differ from the reference run's (avx, avx2, avx512f)" in cpu_note({"cpu_features": avx2}, {"cpu_features": avx512})
+    assert "cannot be compared" in cpu_note({"cpu_features": avx2}, {"cpu": "AMD EPYC"})  # older reference: not recorded
+    # the CLI prints it under the table
+    run = _complete_run(tmp_path)
+    meta = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**meta, "hardware": {**meta["hardware"], "cpu_features": avx2}}))
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "latest").symlink_to(run)
+    repo = tmp_path / "repo"
+    export_reference(run, repo / "reports" / "reference")
+    ref_meta = repo / "reports" / "reference" / "run.json"
+    ref_meta.write_text(json.dumps({**meta, "hardware": {**meta["hardware"], "cpu_features": avx512}}))
+    monkeypatch.setattr(cli, "REPO", repo)
+    assert cli.check_reference_main(reports) == 0
+    out = capsys.readouterr().out
+    assert "values inside the reference 95 % CIs" in out and "note: this run's CPU vector instructions (avx, avx2) differ" in out
+    ref_meta.write_text(json.dumps({**meta, "hardware": {**meta["hardware"], "cpu_features": avx2}}))
+    assert cli.check_reference_main(reports) == 0
+    assert "note:" not in capsys.readouterr().out

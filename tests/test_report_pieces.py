@@ -105,6 +105,9 @@ def test_index_page_states_failures_demo_and_figures(tmp_path):
     assert re.search(r"<html lang=\"en\">", page)
     ok_page = write_index(tmp_path, meta()).read_text()
     assert DEMO_BANNER not in ok_page and "complete" in ok_page and "incomplete" not in ok_page
+    m = meta()
+    m["hardware"] = {**m["hardware"], "cpu_features": ["avx", "avx2", "fma"]}
+    assert "vector instructions avx, avx2, fma" in write_index(tmp_path, m).read_text()
 
 
 def test_notebook_views_save_and_title(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -176,9 +177,17 @@ def check_external(path: str, option: str) -> None:
         raise StudyError(f"{option} {path}: {exc}") from None
 
 
+def _hardware_of(run_dir: Path) -> dict:
+    """``hardware`` of a run's run.json ({} when the file is missing or unreadable)."""
+    try:
+        return json.loads((Path(run_dir) / "run.json").read_text()).get("hardware") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
 def check_reference_main(reports_dir: Path) -> int:
     """Compare reports/latest with reports/reference; print a table; 0 when every value is inside."""
-    from .report.reference_results import check_against_reference
+    from .report.reference_results import check_against_reference, cpu_note
 
     ref = REPO / "reports" / "reference"
     if not (ref / "comparison_models.csv").exists():
@@ -190,6 +199,9 @@ def check_reference_main(reports_dir: Path) -> int:
     outside = table[~table["inside"]]
     print(f"{len(table) - len(outside)}/{len(table)} values inside the reference 95 % CIs"
           + ("" if outside.empty else f"; outside: {', '.join(outside['model'] + ':' + outside['metric'])}"))
+    note = cpu_note(_hardware_of(latest), _hardware_of(ref))
+    if note:
+        print(note)
     return 0 if outside.empty and len(table) else 1
 
 

@@ -59,6 +59,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: Vector instruction sets that decide which TensorFlow/oneDNN CPU kernels run (and so how sums are rounded).
+VECTOR_FEATURES = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str] | None:
+    """The :data:`VECTOR_FEATURES` this CPU has (``None`` where /proc/cpuinfo cannot be read).
+
+    Recorded because trained networks are bit-identical only on CPUs with the same vector instructions:
+    oneDNN picks other kernels (other summation orders) on an AVX2-only CPU than on an AVX-512 one."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.lower().startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [f for f in VECTOR_FEATURES if f in flags]
+    except OSError:
+        pass
+    return None
+
+
 def memory_gib() -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -83,6 +102,7 @@ def gpus() -> list[str]:
 def hardware() -> dict:
     return {
         "cpu": cpu_model(),
+        "cpu_features": cpu_features(),
         "cpu_count": os.cpu_count(),
         "memory_gib": memory_gib(),
         "gpus": gpus(),

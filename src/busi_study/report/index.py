@@ -324,7 +324,9 @@ def _meta_section(meta: dict) -> str:
         ("git commit", f"<code>{_e(git['commit'])}</code>" + (" <b>(uncommitted changes)</b>" if git.get("dirty") else "")),
         ("started / finished (UTC)", f"{_e(meta['started_utc'])} / {_e(meta.get('finished_utc', ''))}"),
         ("total wall time", f"{meta.get('wall_s', 0):.1f} s"),
-        ("CPU", f"{_e(hw['cpu'])} ({hw['cpu_count']} logical cores), {hw.get('memory_gib')} GiB RAM"),
+        ("CPU", f"{_e(hw['cpu'])} ({hw['cpu_count']} logical cores), {hw.get('memory_gib')} GiB RAM"
+                + (f"; vector instructions {_e(', '.join(hw['cpu_features']))} (trained models are bit-identical only "
+                   "on CPUs with the same ones)" if hw.get("cpu_features") else "")),
         ("GPU", _e(", ".join(hw["gpus"]) or "none")),
         ("platform / Python", f"{_e(hw['platform'])} / {_e(hw['python'])}"),
         ("Jupyter kernel", _e(meta.get("kernel", ""))),

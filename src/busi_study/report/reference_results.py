@@ -214,6 +214,21 @@ def _external_markdown(ref_dir: Path) -> list[str]:
     return out
 
 
+def cpu_note(run_hardware: dict, ref_hardware: dict) -> str | None:
+    """One line when the run's CPU vector instructions differ from the reference run's (or were not recorded).
+
+    Same code, same data and same seeds give bit-identical networks only on CPUs with the same instruction
+    sets; elsewhere every trained model is a different draw, like another training seed, and a value can
+    leave the reference CI by chance. ``None`` when both are recorded and equal."""
+    new, ref = run_hardware.get("cpu_features"), ref_hardware.get("cpu_features")
+    if new is not None and new == ref:
+        return None
+    show = lambda f: ", ".join(f) if f else "not recorded"  # noqa: E731
+    return (f"note: this run's CPU vector instructions ({show(new)}) {'differ from' if ref is not None else 'cannot be compared with'} "
+            f"the reference run's ({show(ref)}): trained models are then not bit-identical to the reference's, "
+            "and a value outside its CI may be training noise rather than a change of the code")
+
+
 def check_against_reference(run_dir: Path, ref_dir: Path, metrics: tuple[str, ...] = CHECK_METRICS) -> pd.DataFrame:
     """One row per (model, metric) present in both: reference value and CI, new value, inside."""
     ref = pd.read_csv(Path(ref_dir) / "comparison_models.csv")
