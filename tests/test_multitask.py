@@ -8,6 +8,7 @@ import dataclasses
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 pytest.importorskip("keras")
@@ -38,7 +39,7 @@ def demo_store(tmp_path_factory):
 def recipe(**kw) -> MultitaskRecipe:
     base = dict(name="t-mt", backbone="mobilenet_v2", backbone_kwargs={"alpha": 0.35}, weights="imagenet", input_size=64,
                 unfreeze_blocks=2, head_dropout=0.2, decoder_channels=8, mask_weight=1.0, fit="stretch", crop_prob=0.0,
-                crop_min_side=0.6, threshold=0.5, min_area=0.002, n_views=2, augment=aug_cfg(),
+                crop_min_side=0.6, threshold=0.5, min_area=0.002, gate="none", n_views=2, augment=aug_cfg(),
                 train=train_cfg(epochs=15, batch_size=8, learning_rate=5e-3, patience=None, class_weight=False),
                 finetune=train_cfg(epochs=2, batch_size=8, learning_rate=1e-4, patience=None, class_weight=False),
                 preprocessing="none")
@@ -229,3 +230,57 @@ def test_seed_comparison_script_takes_set_and_refuses_bad_input_in_one_line(tmp_
     assert err.count("\n") == 1 and "no_such_key" not in err and "mt_seeds" not in err
     assert script.main(["--profile", "reference", "--report", str(tmp_path), "--out", str(out)]) == 2
     assert not out.exists()
+
+
+def test_the_outline_gate_is_chosen_on_validation_and_hides_outlines_of_images_called_normal():
+    """A gate that hides the outline where the model calls the image normal: chosen only when it scores
+    better on validation; the per-image table then counts those images as showing no outline."""
+    from busi_study.studies.multitask_run import called_normal, gate_per_image, outline_choice_table
+
+    refs = np.zeros((4, 8, 8), bool)
+    refs[0, 2:6, 2:6] = refs[1, 1:5, 1:5] = True          # two lesion images, two normal ones
+    probs = refs.astype(np.float32)
+    probs[2, 0:3, 0:3] = probs[3, 5:8, 5:8] = 0.9           # spurious regions on both normal images
+    called = np.array([False, False, True, True])           # the classifier calls both normal images normal
+    t = outline_choice_table(probs, refs, called, [0.5], [0.0], ["none", "classifier"]).set_index("gate")
+    assert t.loc["none", "val_normal_with_region"] == 1.0 and t.loc["classifier", "val_normal_with_region"] == 0.0
+    assert t.loc["classifier", "chosen"] and not t.loc["none", "chosen"]
+    assert t.loc["classifier", "val_dice_lesion"] == pytest.approx(1.0)
+    # a classifier that calls a lesion image normal costs that image its outline: no gate is then better
+    called_badly = np.array([True, True, False, False])
+    t2 = outline_choice_table(probs, refs, called_badly, [0.5], [0.0], ["none", "classifier"]).set_index("gate")
+    assert t2.loc["none", "chosen"] and t2.loc["classifier", "val_lesion_nothing_found"] == 1.0
+    # the per-image table as deployed
+    per_image = pd.DataFrame({"image_id": ["a", "b"], "label": ["normal", "benign"], "found": [True, True]})
+    oof = pd.DataFrame({"image_id": ["b", "a"], "p_normal": [0.1, 0.8], "p_benign": [0.8, 0.1], "p_malignant": [0.1, 0.1]})
+    gated = gate_per_image(per_image, oof, "classifier")
+    assert list(gated["found"]) == [False, True] and list(gated["called_normal"]) == [True, False]
+    assert list(gate_per_image(per_image, oof, "none")["found"]) == [True, True]
+    with pytest.raises(ValueError, match="no class prediction for \\['c'\\]"):
+        called_normal(pd.Series(["a", "c"]), oof)
+
+
+def test_predict_hides_the_outline_of_an_image_its_model_calls_normal_when_the_card_says_so(tmp_path):
+    from busi_study.errors import ModelFileError
+    from busi_study.predict import OutlineModel, load_model
+
+    from .app_helpers import make_tiny_outline_model
+
+    path = tmp_path / "mt.keras"
+    make_tiny_outline_model(path)
+    card = json.loads(path.with_suffix(".json").read_text())
+    prob = np.zeros((32, 32), np.float32)
+    prob[8:20, 8:20] = 0.9
+    normal, benign = np.array([0.8, 0.1, 0.1]), np.array([0.1, 0.8, 0.1])
+    model, _ = load_model(path)  # a card without a gate (written before it existed): the outline always shows
+    assert isinstance(model, OutlineModel) and model.gate == "none"
+    assert model.outline(prob, (64, 64), normal)[2]
+    path.with_suffix(".json").write_text(json.dumps({**card, "outline": {**card["outline"], "gate": "classifier"}}))
+    model, _ = load_model(path)
+    mask, area, found = model.outline(prob, (64, 64), normal)
+    assert not found and area == 0.0 and not mask.any()
+    mask, area, found = model.outline(prob, (64, 64), benign)
+    assert found and mask.any() and 0 < area < 1
+    path.with_suffix(".json").write_text(json.dumps({**card, "outline": {**card["outline"], "gate": "classifer"}}))
+    with pytest.raises(ModelFileError, match="outline gate 'classifer' is not one of none, classifier"):
+        load_model(path)

@@ -105,4 +105,7 @@ CHOICES = {
     "fit": ("stretch", "pad"),
     # which of a model's exported forms the app, predict and notebook 08 use by default (studies/multitask_run.py)
     "deployed": ("final", "fold_ensemble"),
+    # when the multi-task model's outline is shown (studies/multitask_run.py, predict.py): always, or only
+    # when the model's own class prediction is not "normal"
+    "outline_gate": ("none", "classifier"),
 }

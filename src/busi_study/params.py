@@ -295,8 +295,8 @@ class S1Params:
 class MultitaskParams:
     """The multi-task U-Net of notebook 05 (models/multitask.py): the S0 recipe's network and training
     (``s0_*``: blocks fine-tuned, dropout, both phases) with a decoder; its own input size and fit, the
-    decoder's width, the weight of the mask loss, lesion-keeping crops, the outline's candidate thresholds
-    and smallest regions (chosen on inner validation), the deployed form, and the training seeds of the
+    decoder's width, the weight of the mask loss, lesion-keeping crops, the outline's candidate thresholds,
+    smallest regions and gates (chosen on inner validation), the deployed form, and the training seeds of the
     comparison with S0."""
 
     PREFIX: ClassVar[str] = "mt_"
@@ -308,6 +308,7 @@ class MultitaskParams:
     crop_min_side: float
     thresholds: list[float]
     min_areas: list[float]
+    outline_gates: list[str] = _one_of("outline_gate")
     deployed: str = _one_of("deployed")
     seeds: list[int]
 

@@ -32,7 +32,7 @@ import pandas as pd
 from .data.images import read_rgb
 from .data.manifest import IMAGE_SUFFIXES, MASK_RE
 from .errors import ModelFileError, StudyError, first_line, from_os_error
-from .info import CLASSES, PROBA_COLUMNS
+from .info import CHOICES, CLASSES, PROBA_COLUMNS
 
 
 def list_images(paths: Iterable[str | Path]) -> list[Path]:
@@ -151,6 +151,9 @@ class OutlineModel:
         self.fit = (card.get("input") or {}).get("fit", "stretch")
         self.threshold = float(outline.get("threshold", 0.5))
         self.min_area = float(outline.get("min_area", 0.0))
+        self.gate = outline.get("gate", "none")  # cards written before the gate existed: outline always shown
+        if self.gate not in CHOICES["outline_gate"]:
+            raise ModelFileError(f"the model card's outline gate {self.gate!r} is not one of {', '.join(CHOICES['outline_gate'])}")
         self.chains = [classifier_chain(m) for m in members(network)]  # Grad-CAM: the mean over the members
         self.inputs, self.outputs = network.inputs, network.outputs
 
@@ -165,14 +168,18 @@ class OutlineModel:
         p, m = self.network(np.asarray(x, np.float32), training=False)
         return np.asarray(p, np.float64), np.asarray(m, np.float32)[..., 0]
 
-    def outline(self, prob: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, float, bool]:
-        """(mask on the original image, its area as a share of the image, found) of one lesion map."""
+    def outline(self, prob: np.ndarray, shape: tuple[int, int], proba: np.ndarray) -> tuple[np.ndarray, float, bool]:
+        """(mask on the original image, its area as a share of the image, found) of one lesion map and the
+        image's class probabilities ``proba``: with the card's gate ``classifier`` no outline is shown for an
+        image the model calls normal."""
         from .data.images import unfit_square
         from .models.segmentation import largest_region
 
         full = unfit_square(prob, shape, self.fit) >= self.threshold
         area = float(full.mean())
         found = bool(full.any()) and area >= self.min_area
+        if self.gate == "classifier" and int(np.argmax(proba)) == CLASSES.index("normal"):
+            found = False
         mask = largest_region(full) if found else np.zeros(shape[:2], bool)
         return mask, float(mask.mean()), found
 
@@ -330,7 +337,7 @@ def predict_outline(model: OutlineModel, files: list[Path], masks_dir: Path | No
             row["error"] = f"{type(exc).__name__}: {first_line(exc)}"
             continue
         p, prob = model.predict_batch(model.prepare(rgb)[None])
-        mask, area, found = model.outline(prob[0], rgb.shape[:2])
+        mask, area, found = model.outline(prob[0], rgb.shape[:2], p[0])
         row.update({c: float(v) for c, v in zip(PROBA_COLUMNS, p[0])}, predicted=_predicted(p[0]), lesion_found=found,
                    lesion_area=area)
         if found:

@@ -247,7 +247,7 @@ def analyse(lm: LoadedModel, uploads: Sequence[tuple[str, bytes]], profile: dict
             cam = unfit_square(maps[i], r.display.shape[:2], lm.fit) if lm.fit != "stretch" else upsample(maps[i], r.display.shape[:2])
             r.overlay = overlay(r.display, np.clip(cam, 0, 1))
         if lesion_maps is not None:
-            mask, r.lesion_area, r.lesion_found = lm.outline.outline(lesion_maps[i], r.display.shape[:2])
+            mask, r.lesion_area, r.lesion_found = lm.outline.outline(lesion_maps[i], r.display.shape[:2], proba[i])
             r.outline = draw_outline(r.display, mask)
     return results
 

@@ -132,7 +132,9 @@ def classify_page(lm: engine.LoadedModel, with_gradcam: bool) -> None:
             st.info(f"{r.name}: {n}")
         if r.outline is not None:
             c1, c0, c2, c3 = st.columns([1, 1, 1, 1])
-            area = f"area {r.lesion_area:.1%} of the image" if r.lesion_found else "no lesion region found"
+            area = (f"area {r.lesion_area:.1%} of the image" if r.lesion_found else
+                    "none shown: the model calls the image normal" if r.predicted == "normal" and lm.outline.gate == "classifier"
+                    else "no lesion region found")
             c0.image(r.outline, caption=f"predicted lesion outline ({area})", width="stretch")
         else:
             c1, c2, c3 = st.columns([1, 1, 1])

@@ -64,6 +64,7 @@ class MultitaskRecipe:
     crop_min_side: float             # smallest side of such a crop, as a share of the image's side
     threshold: float                 # lesion probability above which a pixel is lesion
     min_area: float                  # predicted regions below this share of the image count as "nothing found"
+    gate: str                        # none | classifier: no outline where the model calls the image normal
     n_views: int
     augment: AugmentConfig
     train: TrainConfig               # phase 1: head + decoder on the frozen encoder

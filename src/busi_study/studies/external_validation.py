@@ -219,8 +219,8 @@ def outline_scores(fm: FinalModel, data: ExternalData) -> pd.DataFrame:
     for _, r in d.iterrows():
         rgb, ref = read_rgb(data.root / r["path"]), read_mask(data.root / r["tumour_mask"]) > 0
         if isinstance(model, OutlineModel):
-            _, prob = model.predict_batch(model.prepare(rgb)[None])
-            mask, _, found = model.outline(prob[0], rgb.shape[:2])
+            p, prob = model.predict_batch(model.prepare(rgb)[None])
+            mask, _, found = model.outline(prob[0], rgb.shape[:2], p[0])
         else:
             full, _, found = model.lesion(rgb)
             from ..models.segmentation import largest_region

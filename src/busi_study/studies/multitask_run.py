@@ -54,7 +54,7 @@ def multitask_recipe(mt: MultitaskParams, s0: S0Params, models: ModelParams, aug
         backbone_kwargs=backbone_kwargs("mobilenet_v2", alpha), weights=models.weights, input_size=mt.input_size,
         unfreeze_blocks=s0.unfreeze_blocks, head_dropout=s0.dropout, decoder_channels=mt.decoder_channels,
         mask_weight=mt.mask_weight, fit=mt.fit, crop_prob=mt.crop_prob, crop_min_side=mt.crop_min_side,
-        threshold=mt.thresholds[0], min_area=mt.min_areas[0], n_views=models.n_views, augment=augment_config(augment),
+        threshold=mt.thresholds[0], min_area=mt.min_areas[0], gate=mt.outline_gates[0], n_views=models.n_views, augment=augment_config(augment),
         train=train_config(s0.head, models.class_weight), finetune=train_config(s0.finetune, models.class_weight),
         preprocessing="none")
 
@@ -105,14 +105,16 @@ def run_multitask(mt: MultitaskParams, s0: S0Params, models: ModelParams, augmen
     run = ModelRun(recipe, results.model_dir(recipe.name), experiment=ex, cv=cv, evaluation=ev)
     run.timing = {"prepare_s": round(t_prep, 1), "cv_s": round(t_cv, 1), **ex.timing, "per_fold_s": cv.timing["seconds"].tolist()}
     t0 = time.perf_counter()
-    outline_choice = choose_outline(ex, cv.fold_models, splits, mt.thresholds, mt.min_areas)
+    outline_choice = choose_outline(ex, cv.fold_models, splits, mt.thresholds, mt.min_areas, mt.outline_gates, cv.val)
     best = outline_choice[outline_choice["chosen"]].iloc[0]
-    ex.recipe = recipe = replace(recipe, threshold=float(best["threshold"]), min_area=float(best["min_area"]))
+    ex.recipe = recipe = replace(recipe, threshold=float(best["threshold"]), min_area=float(best["min_area"]),
+                                 gate=str(best["gate"]))
     run.recipe = recipe
     maps = fold_maps(ex, cv.fold_models, splits)
     per_image = per_image_table(upsample(maps.oof, recipe.input_size), ex.masks_full, ex.table, recipe.threshold,
                                 recipe.min_area)
     per_image.insert(1, "fold", maps.test_fold)
+    per_image = gate_per_image(per_image, cv.oof, recipe.gate)
     mrun = MultitaskRun(run, experiment=ex, maps=maps, per_image=per_image, outline_choice=outline_choice,
                         summary=summary_table(per_image, bootstrap.resamples, bootstrap.seed), shortcut=shortcut_table(per_image))
     if frozen_per_image is not None and len(frozen_per_image):
@@ -144,22 +146,42 @@ def run_multitask(mt: MultitaskParams, s0: S0Params, models: ModelParams, augmen
     return mrun
 
 
-@timed("outline threshold and smallest region on validation")
+@timed("outline threshold, smallest region and gate on validation")
 def choose_outline(ex: MultitaskExperiment, fold_models: list, splits: pd.DataFrame, thresholds: list[float],
-                   min_areas: list[float]) -> pd.DataFrame:
-    """The outline's threshold and smallest region, chosen on the inner validation images of every fold
-    (each by its fold's model; the outer test folds unused): the highest mean per-image score, where a
-    lesion image scores the Dice of the thresholded map against its mask (0 when
-    nothing is found) and a normal image scores 1 when nothing is found, else 0."""
-    from ..models.segmentation import mask_scores
-
+                   min_areas: list[float], gates: list[str], val_predictions: pd.DataFrame) -> pd.DataFrame:
+    """The outline's threshold, smallest region and gate, chosen on the inner validation images of every
+    fold (each by its fold's model and its fold's class predictions, ``val_predictions`` = the CV's
+    validation table; the outer test folds unused): see :func:`outline_choice_table`."""
     size = ex.recipe.input_size
-    probs, refs = [], []
+    probs, refs, called = [], [], []
     for fold, fm in zip(sorted(splits["fold"].unique()), fold_models):
         val = ex.fold_indices(splits, fold)["val"]
         probs.append(upsample(ex.predict_masks(fm, val), size))
         refs.append(ex.masks_full[val] > 0)
-    probs, refs = np.concatenate(probs), np.concatenate(refs)
+        called.append(called_normal(ex.table["image_id"].iloc[val], val_predictions[val_predictions["fold"] == fold]))
+    return outline_choice_table(np.concatenate(probs), np.concatenate(refs), np.concatenate(called), thresholds,
+                                min_areas, gates)
+
+
+def called_normal(image_ids: pd.Series, predictions: pd.DataFrame) -> np.ndarray:
+    """Whether the model's class prediction (argmax of ``p_*``) is "normal", for each of ``image_ids``."""
+    p = predictions.set_index("image_id").reindex(list(image_ids))
+    if p["p_normal"].isna().any():
+        missing = list(p.index[p["p_normal"].isna()][:3])
+        raise ValueError(f"no class prediction for {missing} — the outline gate needs every image's prediction")
+    return (p[["p_normal", "p_benign", "p_malignant"]].to_numpy().argmax(axis=1) == 0)
+
+
+def outline_choice_table(probs: np.ndarray, refs: np.ndarray, called: np.ndarray, thresholds: list[float],
+                         min_areas: list[float], gates: list[str]) -> pd.DataFrame:
+    """Every (threshold, smallest region, gate) scored on validation images: the mean per-image score,
+    where a lesion image scores the Dice of the thresholded map against its mask (0 when no outline is
+    shown) and a normal image scores 1 when no outline is shown, else 0. An outline is shown when its
+    region covers at least the smallest share of the image and, with gate ``classifier``, the model does
+    not call the image normal (``called``). The highest score is chosen (ties: the first, i.e. the
+    profile's order)."""
+    from ..models.segmentation import mask_scores
+
     lesion = refs.reshape(len(refs), -1).any(axis=1)
     rows = []
     for t in thresholds:
@@ -167,20 +189,32 @@ def choose_outline(ex: MultitaskExperiment, fold_models: list, splits: pd.DataFr
         area = pred.reshape(len(pred), -1).mean(axis=1)
         dice = np.array([mask_scores(p, r)[0] if le else np.nan for p, r, le in zip(pred, refs, lesion)])
         for a in min_areas:
-            found = area >= a
-            score = np.where(lesion, np.where(found, np.nan_to_num(dice), 0.0), (~found).astype(float))
-            rows.append({"threshold": t, "min_area": a, "val_score": float(score.mean()),
-                         "val_dice_lesion": float(np.where(found, np.nan_to_num(dice), 0.0)[lesion].mean()),
-                         "val_normal_with_region": float(found[~lesion].mean()) if (~lesion).any() else np.nan,
-                         "val_lesion_nothing_found": float((~found[lesion]).mean()), "n_val": int(len(refs))})
+            for gate in gates:
+                found = (area >= a) & (~called if gate == "classifier" else True)
+                score = np.where(lesion, np.where(found, np.nan_to_num(dice), 0.0), (~found).astype(float))
+                rows.append({"threshold": t, "min_area": a, "gate": gate, "val_score": float(score.mean()),
+                             "val_dice_lesion": float(np.where(found, np.nan_to_num(dice), 0.0)[lesion].mean()),
+                             "val_normal_with_region": float(found[~lesion].mean()) if (~lesion).any() else np.nan,
+                             "val_lesion_nothing_found": float((~found[lesion]).mean()), "n_val": int(len(refs))})
     t = pd.DataFrame(rows)
     t["chosen"] = False
     t.loc[t["val_score"].idxmax(), "chosen"] = True
     return t
 
 
+def gate_per_image(per_image: pd.DataFrame, oof: pd.DataFrame, gate: str) -> pd.DataFrame:
+    """The per-image table as the deployed outline behaves: ``called_normal`` (the model's out-of-fold class
+    prediction) recorded, and with gate ``classifier`` no outline (``found`` False) where it is True. Dice,
+    IoU and HD95 stay the measures of the lesion map itself."""
+    out = per_image.copy()
+    out["called_normal"] = called_normal(out["image_id"], oof)
+    if gate == "classifier":
+        out["found"] = out["found"] & ~out["called_normal"]
+    return out
+
+
 def _outline(recipe: MultitaskRecipe) -> dict:
-    return {"output": 1, "threshold": recipe.threshold, "min_area": recipe.min_area, "fit": recipe.fit,
+    return {"output": 1, "threshold": recipe.threshold, "min_area": recipe.min_area, "gate": recipe.gate, "fit": recipe.fit,
             "resolution": f"decoder at {recipe.output_size}px, upsampled to the input"}
 
 
