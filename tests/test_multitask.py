@@ -260,6 +260,25 @@ def test_the_outline_gate_is_chosen_on_validation_and_hides_outlines_of_images_c
         called_normal(pd.Series(["a", "c"]), oof)
 
 
+def test_the_shown_outline_is_the_largest_region_and_scores_0_where_none_is_shown():
+    from busi_study.models.segmentation import summary_table
+    from busi_study.studies.multitask_run import shown_outline_dice
+
+    masks = np.zeros((3, 10, 10), np.uint8)
+    masks[0, 1:5, 1:5] = masks[1, 1:5, 1:5] = 1
+    probs = np.zeros((3, 10, 10), np.float32)
+    probs[0, 1:5, 1:5] = 0.9
+    probs[0, 8:10, 8:10] = 0.9                              # a small second blob: not part of the shown outline
+    probs[1, 1:5, 1:5] = 0.9
+    d = shown_outline_dice(probs, masks, 0.5, np.array([True, False, True]))
+    assert d[0] == pytest.approx(1.0) and d[1] == 0.0 and np.isnan(d[2])  # image 1: nothing shown; image 2: no lesion
+    per_image = pd.DataFrame({"image_id": list("abc"), "label": ["benign", "malignant", "normal"], "group_id": list("abc"),
+                              "dice": [0.9, 1.0, np.nan], "iou": [0.8, 1.0, np.nan], "pred_area": [0.2, 0.16, 0.0],
+                              "true_area": [0.16, 0.16, 0.0], "found": [True, False, False], "dice_shown": d})
+    s = summary_table(per_image, 50, 0).set_index(["measure", "images"])
+    assert s.loc[("dice (outline as shown)", "benign + malignant"), "value"] == pytest.approx(0.5)
+
+
 def test_predict_hides_the_outline_of_an_image_its_model_calls_normal_when_the_card_says_so(tmp_path):
     from busi_study.errors import ModelFileError
     from busi_study.predict import OutlineModel, load_model

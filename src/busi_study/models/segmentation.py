@@ -204,6 +204,8 @@ def summary_table(per_image: pd.DataFrame, n_resamples: int, seed: int) -> pd.Da
                      "value": float(2 * inter.sum() / max(tot.sum(), 1e-12)),
                      "ci_low": float(np.percentile(boot, 2.5)), "ci_high": float(np.percentile(boot, 97.5))})
         add("lesion found", lesion, lesion["found"].astype(float).to_numpy(), "benign + malignant")
+        if "dice_shown" in lesion:  # the multi-task model: Dice of the outline as predict and the app show it
+            add("dice (outline as shown)", lesion, lesion["dice_shown"].to_numpy(), "benign + malignant")
         if "hd95" in lesion:
             add("hd95 (% of diagonal)", lesion, lesion["hd95"].to_numpy(), "benign + malignant")
     normal = per_image[per_image["label"] == "normal"]

@@ -111,10 +111,11 @@ def run_multitask(mt: MultitaskParams, s0: S0Params, models: ModelParams, augmen
                                  gate=str(best["gate"]))
     run.recipe = recipe
     maps = fold_maps(ex, cv.fold_models, splits)
-    per_image = per_image_table(upsample(maps.oof, recipe.input_size), ex.masks_full, ex.table, recipe.threshold,
-                                recipe.min_area)
+    oof_maps = upsample(maps.oof, recipe.input_size)
+    per_image = per_image_table(oof_maps, ex.masks_full, ex.table, recipe.threshold, recipe.min_area)
     per_image.insert(1, "fold", maps.test_fold)
     per_image = gate_per_image(per_image, cv.oof, recipe.gate)
+    per_image["dice_shown"] = shown_outline_dice(oof_maps, ex.masks_full, recipe.threshold, per_image["found"].to_numpy())
     mrun = MultitaskRun(run, experiment=ex, maps=maps, per_image=per_image, outline_choice=outline_choice,
                         summary=summary_table(per_image, bootstrap.resamples, bootstrap.seed), shortcut=shortcut_table(per_image))
     if frozen_per_image is not None and len(frozen_per_image):
@@ -200,6 +201,20 @@ def outline_choice_table(probs: np.ndarray, refs: np.ndarray, called: np.ndarray
     t["chosen"] = False
     t.loc[t["val_score"].idxmax(), "chosen"] = True
     return t
+
+
+def shown_outline_dice(probs: np.ndarray, masks: np.ndarray, threshold: float, found: np.ndarray) -> np.ndarray:
+    """Dice of the outline a user is shown (``predict`` and the app draw the largest predicted region, and
+    nothing where ``found`` is False: Dice 0 on a lesion image), against each mask; NaN on images without
+    a lesion. The ``dice`` column measures the whole thresholded map instead."""
+    from ..models.segmentation import largest_region, mask_scores
+
+    out = np.full(len(probs), np.nan)
+    for i in range(len(probs)):
+        ref = masks[i] > 0
+        if ref.any():
+            out[i] = mask_scores(largest_region(probs[i] >= threshold), ref)[0] if found[i] else 0.0
+    return out
 
 
 def gate_per_image(per_image: pd.DataFrame, oof: pd.DataFrame, gate: str) -> pd.DataFrame:
@@ -344,6 +359,9 @@ def targets_table(cls: Evaluation, seg: pd.DataFrame) -> pd.DataFrame:
             add(metric, *pooled.loc[metric, ["value", "ci_low", "ci_high"]], target)
     if ("dice", "benign + malignant") in s.index:
         add("mean Dice, lesion images", *s.loc[("dice", "benign + malignant"), ["value", "ci_low", "ci_high"]], 0.78)
+    if ("dice (outline as shown)", "benign + malignant") in s.index:
+        add("mean Dice of the shown outline, lesion images",
+            *s.loc[("dice (outline as shown)", "benign + malignant"), ["value", "ci_low", "ci_high"]], 0.78)
     if ("region found (false positive)", "normal") in s.index:
         add("normal images with a predicted region", *s.loc[("region found (false positive)", "normal"),
                                                              ["value", "ci_low", "ci_high"]], 0.15, higher=False)
