@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    git, hardware = provenance.git_info(provenance.REPO), provenance.hardware()  # the code that runs, read before it runs
     t0 = time.perf_counter()
     per_seed, summary = seed_comparison(params.mt, params.s0, params.models, params.augment, store, split_seed=params.seed,
                                         bootstrap=params.bootstrap)
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     per_seed.round(4).to_csv(args.out / "mt_seed_comparison.csv", index=False)
     summary.round(4).to_csv(args.out / "mt_seed_comparison_summary.csv", index=False)
     meta = {"profile": args.profile, "overrides": args.overrides, "seeds": params.mt.seeds, "split_seed": params.seed, "report": str(args.report),
-            "git": provenance.git_info(provenance.REPO), "hardware": provenance.hardware(),
+            "git": git, "hardware": hardware,
             "wall_s": round(time.perf_counter() - t0, 1)}
     (args.out / "mt_seed_comparison.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     print(summary.to_string(index=False))
