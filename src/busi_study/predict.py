@@ -173,13 +173,11 @@ class OutlineModel:
         image's class probabilities ``proba``: with the card's gate ``classifier`` no outline is shown for an
         image the model calls normal."""
         from .data.images import unfit_square
+        from .models.multitask import calls_normal, outline_shown
         from .models.segmentation import largest_region
 
         full = unfit_square(prob, shape, self.fit) >= self.threshold
-        area = float(full.mean())
-        found = bool(full.any()) and area >= self.min_area
-        if self.gate == "classifier" and int(np.argmax(proba)) == CLASSES.index("normal"):
-            found = False
+        found = bool(outline_shown(bool(full.any()) and full.mean() >= self.min_area, calls_normal(proba), self.gate))
         mask = largest_region(full) if found else np.zeros(shape[:2], bool)
         return mask, float(mask.mean()), found
 

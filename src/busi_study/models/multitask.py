@@ -37,7 +37,7 @@ import pandas as pd
 
 from ..data.arrays import labels_and_groups, load_image_array, load_mask_array
 from ..data.store import ProcessedData, atomic_path, sha256_of
-from ..info import PROBA_COLUMNS
+from ..info import CLASSES, PROBA_COLUMNS
 from .augment import AugmentConfig, view_with_mask
 from .experiment import Experiment, FoldModel
 from .features import cache_key
@@ -45,6 +45,18 @@ from .registry import get_spec
 from .training import TrainConfig, train_multitask
 
 LEVELS = ("S2", "S4", "S8", "S16")  # the decoder's skips, output strides 2, 4, 8, 16
+
+
+def calls_normal(proba: np.ndarray) -> np.ndarray:
+    """Whether the model calls each image normal (argmax of its class probabilities, last axis)."""
+    return np.asarray(proba).argmax(axis=-1) == CLASSES.index("normal")
+
+
+def outline_shown(found: np.ndarray, called: np.ndarray, gate: str) -> np.ndarray:
+    """Whether the outline is shown: a region was found and, with gate ``classifier``, the model does not
+    call the image normal (``called``). The one rule for the validation choice, the study's measures,
+    ``predict``, the app and notebook 08."""
+    return np.logical_and(found, np.logical_not(called)) if gate == "classifier" else np.asarray(found)
 
 
 @dataclass(frozen=True, kw_only=True)

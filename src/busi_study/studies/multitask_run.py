@@ -27,9 +27,10 @@ from ..data.store import ProcessedData, atomic_path, write_json
 from ..errors import ParameterError
 from ..evaluation.bootstrap import bootstrap_mean_ci, paired_bootstrap_difference, resample_weights
 from ..evaluation.evaluate import Evaluation, arrays, evaluate, validation_scores
+from ..info import PROBA_COLUMNS
 from ..models.ensemble import fold_ensemble
 from ..models.experiment import CVResult, Experiment, run_folds
-from ..models.multitask import MultitaskExperiment, MultitaskMaps, MultitaskRecipe, fold_maps
+from ..models.multitask import MultitaskExperiment, MultitaskMaps, MultitaskRecipe, calls_normal, fold_maps, outline_shown
 from ..models.recipes import augment_config, backbone_kwargs, s0_recipe, train_config
 from ..models.registry import weights_available
 from ..models.segmentation import per_image_table, shortcut_table, summary_table, upsample
@@ -166,11 +167,11 @@ def choose_outline(ex: MultitaskExperiment, fold_models: list, splits: pd.DataFr
 
 def called_normal(image_ids: pd.Series, predictions: pd.DataFrame) -> np.ndarray:
     """Whether the model's class prediction (argmax of ``p_*``) is "normal", for each of ``image_ids``."""
-    p = predictions.set_index("image_id").reindex(list(image_ids))
+    p = predictions.set_index("image_id").reindex(list(image_ids))[PROBA_COLUMNS]
     if p["p_normal"].isna().any():
         missing = list(p.index[p["p_normal"].isna()][:3])
         raise ValueError(f"no class prediction for {missing} — the outline gate needs every image's prediction")
-    return (p[["p_normal", "p_benign", "p_malignant"]].to_numpy().argmax(axis=1) == 0)
+    return calls_normal(p.to_numpy(dtype=float))
 
 
 def outline_choice_table(probs: np.ndarray, refs: np.ndarray, called: np.ndarray, thresholds: list[float],
@@ -191,7 +192,7 @@ def outline_choice_table(probs: np.ndarray, refs: np.ndarray, called: np.ndarray
         dice = np.array([mask_scores(p, r)[0] if le else np.nan for p, r, le in zip(pred, refs, lesion)])
         for a in min_areas:
             for gate in gates:
-                found = (area >= a) & (~called if gate == "classifier" else True)
+                found = outline_shown(area >= a, called, gate)
                 score = np.where(lesion, np.where(found, np.nan_to_num(dice), 0.0), (~found).astype(float))
                 rows.append({"threshold": t, "min_area": a, "gate": gate, "val_score": float(score.mean()),
                              "val_dice_lesion": float(np.where(found, np.nan_to_num(dice), 0.0)[lesion].mean()),
@@ -223,8 +224,7 @@ def gate_per_image(per_image: pd.DataFrame, oof: pd.DataFrame, gate: str) -> pd.
     IoU and HD95 stay the measures of the lesion map itself."""
     out = per_image.copy()
     out["called_normal"] = called_normal(out["image_id"], oof)
-    if gate == "classifier":
-        out["found"] = out["found"] & ~out["called_normal"]
+    out["found"] = outline_shown(out["found"].to_numpy(), out["called_normal"].to_numpy(), gate)
     return out
 
 
